@@ -1,0 +1,58 @@
+"""Turning a failed call into the text the model reads.
+
+One policy (a callable taking a :class:`ToolFailure`) covers every failure kind, so a user who
+wants different wording replaces one function. The default names the tool, the exception type
+and its message: never a traceback, and secrets that look like API keys or bearer tokens are
+redacted, because exception messages often quote request headers or URLs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._ledger import Outcome
+
+__all__ = ["FailureOutput", "ToolFailure", "default_failure_output", "redact"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFailure:
+    tool_name: str
+    call_id: str
+    outcome: Outcome
+    error: BaseException
+
+
+FailureOutput = Callable[[ToolFailure], str]
+
+_SECRET_PATTERNS = (
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/\-]{8,}=*"),
+    re.compile(r"(?i)\b(api[_-]?key|authorization|token)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{8,}"),
+)
+_MAX_MESSAGE_CHARS = 500
+
+
+def redact(text: str) -> str:
+    """Replace what looks like an API key or bearer token with ``[REDACTED]``."""
+    text = _SECRET_PATTERNS[0].sub("[REDACTED]", text)
+    text = _SECRET_PATTERNS[1].sub(r"\1 [REDACTED]", text)
+    return _SECRET_PATTERNS[2].sub(r"\1\2[REDACTED]", text)
+
+
+def default_failure_output(failure: ToolFailure) -> str:
+    name, error = failure.tool_name, failure.error
+    message = redact(str(error))[:_MAX_MESSAGE_CHARS]
+    match failure.outcome:
+        case Outcome.UNKNOWN_TOOL:
+            return f"Error: there is no tool named {name!r}. Use one of the tools you were given."
+        case Outcome.INVALID_ARGUMENTS:
+            return f"Error: invalid arguments for tool {name!r}: {message}"
+        case Outcome.TIMEOUT:
+            return f"Error: tool {name!r} timed out and returned no result."
+        case Outcome.HANDOFF_FAILED:
+            return f"Error: handoff {name!r} failed ({type(error).__name__}: {message}). You remain the active agent."
+        case _:
+            return f"Error: tool {name!r} failed with {type(error).__name__}: {message}"

@@ -1,0 +1,85 @@
+"""Moving frames: the interface the session needs, and its WebSocket implementation.
+
+The session only needs to send text, receive frames and close, so tests and users can put
+anything with these three methods between the session and the server (a fault injector, an
+in-process pipe). A transport raises :class:`~rtguard.ConnectionLostError` once the connection
+is gone; any other exception from ``send`` is treated as transient and retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from ._errors import ConnectionLostError
+
+__all__ = ["Transport", "WebSocketTransport"]
+
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+@runtime_checkable
+class Transport(Protocol):
+    @property
+    def is_open(self) -> bool: ...
+
+    async def send(self, frame: str) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class WebSocketTransport:
+    """A client WebSocket (the ``websockets`` package) to a Realtime endpoint."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        open_timeout: float = 10.0,
+    ) -> WebSocketTransport:
+        try:
+            connection = await connect(
+                url,
+                additional_headers=dict(headers),
+                max_size=max_frame_bytes,
+                open_timeout=open_timeout,
+                compression=None,
+            )
+        except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+            # Not `raise ... from exc`'s message: handshake errors can echo request headers.
+            raise ConnectionLostError(f"could not connect to {_without_query(url)}: {type(exc).__name__}") from exc
+        return cls(connection)
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection.state is websockets.State.OPEN
+
+    async def send(self, frame: str) -> None:
+        try:
+            await self._connection.send(frame)
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionLostError(f"connection closed ({exc.rcvd or 'no close frame'})") from exc
+
+    async def recv(self) -> str | bytes:
+        try:
+            return await self._connection.recv()
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionLostError(f"connection closed ({exc.rcvd or 'no close frame'})") from exc
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]

@@ -1,0 +1,20 @@
+"""rtguard's telemetry: OpenTelemetry spans, Prometheus metrics, log correlation.
+
+Names are declared in :mod:`rtguard.telemetry._names` and documented in the README.
+"""
+
+from ._logging import TraceContextFilter
+from ._metrics import RtguardMetrics
+from ._names import SCHEMA_URL
+from ._session import SessionTelemetry, Telemetry
+from ._setup import configure, start_metrics_server
+
+__all__ = [
+    "SCHEMA_URL",
+    "RtguardMetrics",
+    "SessionTelemetry",
+    "Telemetry",
+    "TraceContextFilter",
+    "configure",
+    "start_metrics_server",
+]

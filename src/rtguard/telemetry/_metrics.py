@@ -1,0 +1,161 @@
+"""rtguard's Prometheus instruments, each declared once.
+
+An instance binds them to one registry (the process default unless a test or an app passes
+its own). Label values stay bounded: tool names come from the app's own agents (a name the
+model invents is reported as ``_unknown``), and no label ever holds a call or session id.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .._ledger import IncompleteReason
+from .._version import __version__
+from . import _names as n
+
+__all__ = ["RtguardMetrics"]
+
+
+class _Ledger(Protocol):
+    @property
+    def open_count(self) -> int: ...
+
+    def oldest_open(self) -> _OpenCall | None: ...
+
+
+class _OpenCall(Protocol):
+    received_at: float
+
+
+class RtguardMetrics:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self.registry = registry
+        self.tool_duration = Histogram(
+            n.METRIC_TOOL_DURATION,
+            "Duration of a tool call from the model's call until its output is settled "
+            "(gen_ai.execute_tool.duration).",
+            ["gen_ai_tool_name", "error_type"],
+            buckets=n.TOOL_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.tool_calls = Counter(
+            n.METRIC_TOOL_CALLS,
+            "Tool calls by how the tool ended (success, error, timeout, rejected, ...).",
+            ["gen_ai_tool_name", "outcome"],
+            registry=registry,
+        )
+        self.output_latency = Histogram(
+            n.METRIC_OUTPUT_LATENCY,
+            "Time from the model's function call to the server acknowledging its output.",
+            ["gen_ai_tool_name"],
+            buckets=n.OUTPUT_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.output_sends = Counter(
+            n.METRIC_OUTPUT_SENDS,
+            "Attempts to send a function_call_output, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.send_retries = Counter(
+            n.METRIC_SEND_RETRIES,
+            "Output sends scheduled again (from the cached output) after a failed attempt.",
+            registry=registry,
+        )
+        self.calls_without_output = Counter(
+            n.METRIC_CALLS_WITHOUT_OUTPUT,
+            "Calls that ended without an output the model can see, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.swallowed_errors = Counter(
+            n.METRIC_SWALLOWED_ERRORS,
+            "Exceptions rtguard caught and did not re-raise, by where.",
+            ["place"],
+            registry=registry,
+        )
+        self.protocol_errors = Counter(
+            n.METRIC_PROTOCOL_ERRORS,
+            "Server frames rtguard could not use, and server error events, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.handoffs = Counter(
+            n.METRIC_HANDOFFS,
+            "Handoffs between agents, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.active_sessions = Gauge(
+            n.METRIC_ACTIVE_SESSIONS,
+            "Realtime sessions currently connected.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        build_info = Gauge(
+            n.METRIC_BUILD_INFO,
+            "rtguard's version; always 1.",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        build_info.labels(version=__version__).set(1)
+        self._waiting = _WaitingCallsCollector()
+        if registry is not None:
+            registry.register(self._waiting)
+        self._export_zeroes()
+
+    def _export_zeroes(self) -> None:
+        for reason in IncompleteReason:
+            self.calls_without_output.labels(reason=reason.value)
+        for place in n.SWALLOWED_PLACES:
+            self.swallowed_errors.labels(place=place)
+        for kind in n.PROTOCOL_ERROR_KINDS:
+            self.protocol_errors.labels(kind=kind)
+        for result in n.SEND_RESULTS:
+            self.output_sends.labels(result=result)
+        for result in ("completed", "failed"):
+            self.handoffs.labels(result=result)
+
+    def watch(self, ledger: _Ledger) -> None:
+        """Include a session's open calls in the scrape-time gauges while it lives."""
+        self._waiting.ledgers.add(ledger)
+
+
+class _WaitingCallsCollector(Collector):
+    """Computed at scrape time, so a call stuck forever shows an age that keeps growing."""
+
+    def __init__(self) -> None:
+        self.ledgers: weakref.WeakSet[_Ledger] = weakref.WeakSet()
+
+    def collect(self) -> Iterable[Metric]:
+        ledgers = list(self.ledgers)
+        now = time.monotonic()
+        oldest = [c.received_at for c in _oldest(ledgers)]
+        yield GaugeMetricFamily(
+            n.METRIC_CALLS_WAITING,
+            "Calls whose output the server has not acknowledged yet.",
+            value=sum(ledger.open_count for ledger in ledgers),
+        )
+        yield GaugeMetricFamily(
+            n.METRIC_OLDEST_WAITING_AGE,
+            "Age of the oldest call still waiting for its output to be acknowledged (0 if none).",
+            value=now - min(oldest) if oldest else 0.0,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
+def _oldest(ledgers: list[_Ledger]) -> Iterator[_OpenCall]:
+    for ledger in ledgers:
+        call = ledger.oldest_open()
+        if call is not None:
+            yield call

@@ -1,0 +1,104 @@
+"""Every span name, attribute key and metric name rtguard emits, in one place.
+
+These are a public contract: dashboards, alert rules and trace queries key on them, and the
+README's tables are checked against this module by the tests.
+
+GenAI names follow the OpenTelemetry GenAI semantic conventions (status: Development) as
+published in ``open-telemetry/semantic-conventions-genai`` with schema URL
+``https://opentelemetry.io/schemas/gen-ai/1.42.0``; the realtime names follow that
+repository's draft ``gen-ai-realtime-spans.md`` (``gen_ai.realtime_session.id``,
+``realtime_inference`` generation spans).
+"""
+
+from __future__ import annotations
+
+SCHEMA_URL = "https://opentelemetry.io/schemas/gen-ai/1.42.0"
+INSTRUMENTATION_NAME = "rtguard"
+
+# --- span names ----------------------------------------------------------------------------
+OP_EXECUTE_TOOL = "execute_tool"
+OP_REALTIME_INFERENCE = "realtime_inference"
+SPAN_SEND_OUTPUT = "rtguard.send_output"
+SPAN_HANDOFF = "rtguard.handoff"
+
+# --- GenAI attributes ----------------------------------------------------------------------
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_TOOL_TYPE = "gen_ai.tool.type"
+GEN_AI_TOOL_DESCRIPTION = "gen_ai.tool.description"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+GEN_AI_REALTIME_SESSION_ID = "gen_ai.realtime_session.id"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+ERROR_TYPE = "error.type"
+PROVIDER_OPENAI = "openai"
+TOOL_TYPE_FUNCTION = "function"
+
+# --- rtguard attributes --------------------------------------------------------------------
+RTGUARD_OUTCOME = "rtguard.call.outcome"
+RTGUARD_SEND_ATTEMPTS = "rtguard.call.send_attempts"
+RTGUARD_DELIVERED = "rtguard.call.output_delivered"
+RTGUARD_INCOMPLETE_REASON = "rtguard.call.incomplete_reason"
+RTGUARD_ATTEMPT = "rtguard.send.attempt"
+RTGUARD_SEND_RESULT = "rtguard.send.result"
+RTGUARD_WILL_RETRY = "rtguard.send.will_retry"
+RTGUARD_HANDOFF_FROM = "rtguard.handoff.from_agent"
+RTGUARD_HANDOFF_TO = "rtguard.handoff.to_agent"
+
+# --- error.type values (low cardinality; a tool's own exception uses its class name) -------
+ERROR_TIMEOUT = "timeout"
+ERROR_HANDOFF_FAILED = "handoff_failed"
+ERROR_OUTPUT_SEND_FAILED = "output_send_failed"
+ERROR_INVALID_ARGUMENTS = "invalid_arguments"
+ERROR_UNKNOWN_TOOL = "unknown_tool"
+ERROR_REJECTED = "rejected"
+
+# --- metrics (Prometheus names) ------------------------------------------------------------
+METRIC_TOOL_DURATION = "gen_ai_execute_tool_duration_seconds"
+METRIC_TOOL_CALLS = "rtguard_tool_calls_total"
+METRIC_OUTPUT_LATENCY = "rtguard_output_latency_seconds"
+METRIC_OUTPUT_SENDS = "rtguard_output_sends_total"
+METRIC_SEND_RETRIES = "rtguard_output_send_retries_total"
+METRIC_CALLS_WAITING = "rtguard_calls_awaiting_output"
+METRIC_OLDEST_WAITING_AGE = "rtguard_oldest_call_awaiting_output_age_seconds"
+METRIC_CALLS_WITHOUT_OUTPUT = "rtguard_calls_without_output_total"
+METRIC_SWALLOWED_ERRORS = "rtguard_swallowed_errors_total"
+METRIC_PROTOCOL_ERRORS = "rtguard_protocol_errors_total"
+METRIC_HANDOFFS = "rtguard_handoffs_total"
+METRIC_ACTIVE_SESSIONS = "rtguard_active_sessions"
+METRIC_BUILD_INFO = "rtguard_build_info"
+
+# The tool-name label for a name the model invented: never the name itself.
+UNKNOWN_TOOL_LABEL = "_unknown"
+
+# gen_ai.execute_tool.duration's advised ExplicitBucketBoundaries.
+TOOL_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+# The wait a voice-agent user feels: sub-millisecond on loopback up to many seconds.
+OUTPUT_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+# Label values exported as 0 from the start, so alerts see a series before the first event.
+SWALLOWED_PLACES = (
+    "dispatch",
+    "task",
+    "failure_output",
+    "response_create",
+    "transport_close",
+    "span_export",
+)
+PROTOCOL_ERROR_KINDS = (
+    "invalid_json",
+    "invalid_utf8",
+    "not_an_object",
+    "missing_type",
+    "invalid_field",
+    "server_error",
+)
+SEND_RESULTS = ("sent", "failed")
