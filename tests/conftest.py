@@ -14,7 +14,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from rtguard import Agent, RealtimeSession, SessionConfig, SessionEvent, Transport, WebSocketTransport
+from rtguard import (
+    Agent,
+    RealtimeSession,
+    SessionConfig,
+    SessionEvent,
+    Transport,
+    WebSocketTransport,
+)
 from rtguard.simulator import Scenario, Simulator
 from rtguard.telemetry import RtguardMetrics, Telemetry
 
@@ -65,10 +72,17 @@ async def run_scenario(
         transport: Transport = await WebSocketTransport.connect(sim.url, {})
         if wrap is not None:
             transport = wrap(transport)
-        session = RealtimeSession(agent, url=sim.url, config=config, transport=transport, telemetry=telemetry)
+        session = RealtimeSession(
+            agent, url=sim.url, config=config, transport=transport, telemetry=telemetry
+        )
         run = Run(sim, session, registry=registry)
-        finished = done or (lambda r: not r.sim.unanswered() and len(r.sim.calls) == len(scenario.calls)
-                            and all(c.response_create_after for c in r.sim.calls.values()))
+        finished = done or (
+            lambda r: (
+                not r.sim.unanswered()
+                and len(r.sim.calls) == len(scenario.calls)
+                and all(c.response_create_after for c in r.sim.calls.values())
+            )
+        )
 
         async def consume() -> None:
             while True:

@@ -61,8 +61,9 @@ def handoff(
     elif callable(target):
         name = getattr(target, "__name__", "agent")
     else:
+        kind = type(target).__name__
         raise ConfigurationError(
-            f"a handoff target must be an Agent or a function returning one, not {type(target).__name__}"
+            f"a handoff target must be an Agent or a function returning one, not {kind}"
         )
     slug = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "agent"
     return Handoff(
@@ -89,7 +90,8 @@ class Agent:
         self.tools = tools
         self.handoffs = handoffs
         self._by_name = {}
-        for entry in [*tools, *handoffs]:
+        entries: list[FunctionTool | Handoff] = [*tools, *handoffs]
+        for entry in entries:
             entry_name = entry.name if isinstance(entry, FunctionTool) else entry.tool_name
             if entry_name in self._by_name:
                 raise ConfigurationError(f"agent {self.name!r} has two tools named {entry_name!r}")

@@ -17,7 +17,7 @@ class ConfigurationError(RtguardError):
 
 
 class ToolCallError(RtguardError):
-    """A call failed before or around the tool itself; ``tool_name`` names what the model asked for."""
+    """A call failed around the tool itself; ``tool_name`` is what the model asked for."""
 
     def __init__(self, tool_name: str, message: str) -> None:
         super().__init__(message)

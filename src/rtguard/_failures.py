@@ -53,6 +53,9 @@ def default_failure_output(failure: ToolFailure) -> str:
         case Outcome.TIMEOUT:
             return f"Error: tool {name!r} timed out and returned no result."
         case Outcome.HANDOFF_FAILED:
-            return f"Error: handoff {name!r} failed ({type(error).__name__}: {message}). You remain the active agent."
+            return (
+                f"Error: handoff {name!r} failed ({type(error).__name__}: {message}). "
+                "You remain the active agent."
+            )
         case _:
             return f"Error: tool {name!r} failed with {type(error).__name__}: {message}"

@@ -57,7 +57,7 @@ _TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     _S.RECEIVED: frozenset({_S.AWAITING_APPROVAL, _S.RUNNING, _S.OUTPUT_READY, _S.INCOMPLETE}),
     _S.AWAITING_APPROVAL: frozenset({_S.RUNNING, _S.OUTPUT_READY, _S.INCOMPLETE}),
     _S.RUNNING: frozenset({_S.OUTPUT_READY, _S.INCOMPLETE}),
-    # OUTPUT_READY -> ACKNOWLEDGED: the server confirmed an attempt the transport reported as failed.
+    # OUTPUT_READY -> ACKNOWLEDGED: the server confirmed an attempt the transport called failed.
     _S.OUTPUT_READY: frozenset({_S.OUTPUT_SENT, _S.ACKNOWLEDGED, _S.INCOMPLETE}),
     _S.OUTPUT_SENT: frozenset({_S.OUTPUT_READY, _S.ACKNOWLEDGED, _S.INCOMPLETE}),
     _S.ACKNOWLEDGED: frozenset(),
@@ -67,7 +67,7 @@ _TRANSITIONS: dict[CallState, frozenset[CallState]] = {
 _UNSENT = frozenset({_S.RECEIVED, _S.AWAITING_APPROVAL, _S.RUNNING, _S.OUTPUT_READY})
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How the tool call itself ended; decides the text the model gets."""
 
     SUCCESS = "success"
@@ -79,7 +79,7 @@ class Outcome(str, enum.Enum):
     HANDOFF_FAILED = "handoff_failed"
 
 
-class IncompleteReason(str, enum.Enum):
+class IncompleteReason(enum.StrEnum):
     """Why a call ended without an output the model can see."""
 
     CONNECTION_LOST = "connection_lost"
@@ -120,7 +120,9 @@ class RetryPolicy:
             raise ValueError("max_attempts must be at least 1")
 
     def backoff(self, failed_attempts: int) -> float:
-        return min(self.max_backoff, self.initial_backoff * self.multiplier ** (failed_attempts - 1))
+        return min(
+            self.max_backoff, self.initial_backoff * self.multiplier ** (failed_attempts - 1)
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -375,9 +377,7 @@ class CallLedger:
         self._attempts[event_id] = call.call_id
         return SendOutput(call, event_id)
 
-    def _retry_or_give_up(
-        self, call: Call, reason: IncompleteReason, now: float
-    ) -> list[Action]:
+    def _retry_or_give_up(self, call: Call, reason: IncompleteReason, now: float) -> list[Action]:
         if call.send_attempts >= self.retry.max_attempts:
             return self._incomplete(call, reason, now)
         if call.state is CallState.OUTPUT_SENT:

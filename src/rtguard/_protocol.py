@@ -19,12 +19,12 @@ from ._errors import ProtocolError
 __all__ = [
     "FunctionCall",
     "FunctionCallReady",
-    "OutputAcknowledged",
+    "FunctionOutputConfirmed",
     "ResponseCreated",
     "ResponseDone",
     "ServerError",
     "ServerEvent",
-    "SessionStarted",
+    "SessionInfo",
     "build_audio_append",
     "build_audio_commit",
     "build_function_call_output",
@@ -67,7 +67,7 @@ class ServerEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionStarted(ServerEvent):
+class SessionInfo(ServerEvent):
     session_id: str | None
 
 
@@ -92,7 +92,7 @@ class ResponseDone(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class OutputAcknowledged(ServerEvent):
+class FunctionOutputConfirmed(ServerEvent):
     """The server put a ``function_call_output`` for ``call_id`` into the conversation."""
 
     call_id: str
@@ -129,7 +129,7 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
 
 def _parse_session(event_type: str, data: dict[str, Any]) -> ServerEvent:
     session = _object(data, "session")
-    return SessionStarted(event_type, data, _optional_str(session, "id"))
+    return SessionInfo(event_type, data, _optional_str(session, "id"))
 
 
 def _parse_response_created(event_type: str, data: dict[str, Any]) -> ServerEvent:
@@ -141,14 +141,18 @@ def _parse_arguments_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
         # Some servers leave the name to `output_item.done`; wait for it rather than answer
         # a call we cannot route.
         return ServerEvent(event_type, data)
-    return FunctionCallReady(event_type, data, _function_call(data, _optional_str(data, "response_id")))
+    return FunctionCallReady(
+        event_type, data, _function_call(data, _optional_str(data, "response_id"))
+    )
 
 
 def _parse_output_item_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
     item = _object(data, "item")
     if item.get("type") != "function_call":
         return ServerEvent(event_type, data)
-    return FunctionCallReady(event_type, data, _function_call(item, _optional_str(data, "response_id")))
+    return FunctionCallReady(
+        event_type, data, _function_call(item, _optional_str(data, "response_id"))
+    )
 
 
 def _parse_response_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
@@ -169,7 +173,7 @@ def _parse_item_confirmation(event_type: str, data: dict[str, Any]) -> ServerEve
     item = _object(data, "item")
     if item.get("type") != "function_call_output":
         return ServerEvent(event_type, data)
-    return OutputAcknowledged(event_type, data, _required_str(item, "call_id"))
+    return FunctionOutputConfirmed(event_type, data, _required_str(item, "call_id"))
 
 
 def _parse_error(event_type: str, data: dict[str, Any]) -> ServerEvent:

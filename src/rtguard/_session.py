@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -181,9 +182,13 @@ class RealtimeSession:
             self._transport = await WebSocketTransport.connect(
                 self._url, headers, max_frame_bytes=self.config.max_frame_bytes
             )
+        try:
+            await self._send(self._session_update(self._agent))
+        except BaseException:
+            await self._transport.close()
+            raise
         self._telemetry.session_started()
         self._receiver = asyncio.create_task(self._receive_loop(), name="rtguard-receive")
-        await self._send(self._session_update(self._agent))
 
     async def close(self) -> None:
         """Close gracefully: wait up to ``close_timeout`` for running tools and their outputs,
@@ -194,10 +199,8 @@ class RealtimeSession:
 
     async def _shutdown(self, lost: ConnectionLostError | None) -> None:
         if lost is None and self.ledger.open_count:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled_all.wait(), self.config.close_timeout)
-            except TimeoutError:
-                pass
         for timer in self._timers:
             timer.cancel()
         tasks = [t for t in self._tasks if t is not asyncio.current_task()]
@@ -276,7 +279,10 @@ class RealtimeSession:
 
     def _session_update(self, agent: Agent) -> dict[str, Any]:
         return protocol.build_session_update(
-            next(self._event_ids), agent.instructions, agent.tool_schemas(), self.config.session_options
+            next(self._event_ids),
+            agent.instructions,
+            agent.tool_schemas(),
+            self.config.session_options,
         )
 
     # --- what the server sends -----------------------------------------------------------
@@ -317,14 +323,14 @@ class RealtimeSession:
             case protocol.ResponseCreated(response_id=response_id):
                 self.ledger.response_created()
                 self._telemetry.response_started(response_id)
-            case protocol.OutputAcknowledged(call_id=call_id):
+            case protocol.FunctionOutputConfirmed(call_id=call_id):
                 self._start(self.ledger.acknowledged(call_id, now))
             case protocol.ServerError(code=code, message=message, client_event_id=event_id):
                 self._telemetry.server_error(code)
                 logger.warning("server error %s: %s (for %s)", code, message, event_id)
                 error = ServerRejectedError(code, message)
                 self._start(self.ledger.server_error(event_id, error, now))
-            case protocol.SessionStarted(session_id=session_id) if session_id:
+            case protocol.SessionInfo(session_id=session_id) if session_id:
                 self.session_id = session_id
                 self._telemetry.session_identified(session_id)
 
@@ -351,7 +357,9 @@ class RealtimeSession:
         if output.outcome is Outcome.SUCCESS:
             self._emit(ToolSucceeded(call.call_id, call.tool_name, output.text))
         elif output.error is not None and not output.raise_to_app:
-            self._emit(ToolFailed(call.call_id, call.tool_name, output.outcome, output.error, output.text))
+            self._emit(
+                ToolFailed(call.call_id, call.tool_name, output.outcome, output.error, output.text)
+            )
         await self._execute(self.ledger.output_ready(call.call_id, output))
 
     async def _produce_output(self, call: Call) -> tuple[ToolOutput, Agent | None]:
@@ -466,7 +474,8 @@ class RealtimeSession:
 
     async def _send_output(self, action: SendOutput) -> None:
         call, attempt = action.call, action.call.send_attempts
-        assert call.output is not None and self._transport is not None
+        assert call.output is not None
+        assert self._transport is not None
         frame = protocol.encode(
             protocol.build_function_call_output(action.event_id, call.call_id, call.output.text)
         )
@@ -480,7 +489,9 @@ class RealtimeSession:
             )
             will_retry = any(isinstance(a, RetryLater) for a in actions)
             self._telemetry.send_attempt(call, attempt, started_ns, exc, will_retry=will_retry)
-            logger.warning("sending the output of call %s failed (attempt %d): %r", call.call_id, attempt, exc)
+            logger.warning(
+                "sending the output of call %s failed (attempt %d): %r", call.call_id, attempt, exc
+            )
             self._emit(OutputSendFailed(call.call_id, call.tool_name, attempt, exc, will_retry))
         else:
             self._telemetry.send_attempt(call, attempt, started_ns, None, will_retry=False)
@@ -515,13 +526,23 @@ class RealtimeSession:
         self._telemetry.call_settled(call)
         output = call.output
         if call.state is CallState.ACKNOWLEDGED:
-            assert output is not None and call.settled_at is not None
+            assert output is not None
+            assert call.settled_at is not None
             latency = call.settled_at - call.received_at
             self._emit(OutputAcknowledged(call.call_id, call.tool_name, output.outcome, latency))
         else:
             assert call.incomplete_reason is not None
-            logger.error("call %s (%s) ended without output: %s", call.call_id, call.tool_name, call.incomplete_reason.value)
-            self._emit(CallIncomplete(call.call_id, call.tool_name, call.incomplete_reason, call.last_send_error))
+            logger.error(
+                "call %s (%s) ended without output: %s",
+                call.call_id,
+                call.tool_name,
+                call.incomplete_reason.value,
+            )
+            self._emit(
+                CallIncomplete(
+                    call.call_id, call.tool_name, call.incomplete_reason, call.last_send_error
+                )
+            )
         if output is not None and output.raise_to_app and output.error is not None:
             self._events.put_nowait(_Raise(output.error))
             if self.config.on_tool_error == "close" and self._closing is None:
@@ -541,4 +562,3 @@ class RealtimeSession:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._telemetry.swallowed("task", exc)
             logger.error("rtguard task failed", exc_info=exc)
-

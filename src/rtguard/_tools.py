@@ -106,7 +106,8 @@ def serialize_result(tool_name: str, value: Any) -> str:
         return pydantic_core.to_json(value).decode()
     except pydantic_core.PydanticSerializationError as exc:
         raise ToolResultError(
-            tool_name, f"tool {tool_name!r} returned a {type(value).__name__}, which is not JSON-serialisable"
+            tool_name,
+            f"tool {tool_name!r} returned a {type(value).__name__}, which is not JSON-serialisable",
         ) from exc
 
 
@@ -171,7 +172,9 @@ def _arguments_model(tool_name: str, func: Callable[..., Any]) -> type[pydantic.
     try:
         hints = get_type_hints(func)
     except Exception as exc:  # unresolvable forward references
-        raise ConfigurationError(f"cannot read the type hints of tool {tool_name!r}: {exc}") from exc
+        raise ConfigurationError(
+            f"cannot read the type hints of tool {tool_name!r}: {exc}"
+        ) from exc
     fields: dict[str, Any] = {}
     for param in inspect.signature(func).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
@@ -184,7 +187,9 @@ def _arguments_model(tool_name: str, func: Callable[..., Any]) -> type[pydantic.
     try:
         return pydantic.create_model(f"{tool_name}_arguments", __config__=config, **fields)
     except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
-        raise ConfigurationError(f"tool {tool_name!r} has a parameter type rtguard cannot describe: {exc}") from exc
+        raise ConfigurationError(
+            f"tool {tool_name!r} has a parameter type rtguard cannot describe: {exc}"
+        ) from exc
 
 
 def _parameters_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:

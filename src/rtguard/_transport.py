@@ -58,7 +58,9 @@ class WebSocketTransport:
             )
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             # Not `raise ... from exc`'s message: handshake errors can echo request headers.
-            raise ConnectionLostError(f"could not connect to {_without_query(url)}: {type(exc).__name__}") from exc
+            raise ConnectionLostError(
+                f"could not connect to {_without_query(url)}: {type(exc).__name__}"
+            ) from exc
         return cls(connection)
 
     @property
@@ -69,13 +71,17 @@ class WebSocketTransport:
         try:
             await self._connection.send(frame)
         except websockets.ConnectionClosed as exc:
-            raise ConnectionLostError(f"connection closed ({exc.rcvd or 'no close frame'})") from exc
+            raise ConnectionLostError(
+                f"connection closed ({exc.rcvd or 'no close frame'})"
+            ) from exc
 
     async def recv(self) -> str | bytes:
         try:
             return await self._connection.recv()
         except websockets.ConnectionClosed as exc:
-            raise ConnectionLostError(f"connection closed ({exc.rcvd or 'no close frame'})") from exc
+            raise ConnectionLostError(
+                f"connection closed ({exc.rcvd or 'no close frame'})"
+            ) from exc
 
     async def close(self) -> None:
         await self._connection.close()

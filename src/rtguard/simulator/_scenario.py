@@ -42,7 +42,6 @@ class Scenario:
     rate: float | None = None
     calls_per_response: int = 1
     max_in_flight: int = 32
-    reply_to_response_create: bool = True
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -69,7 +68,6 @@ class Scenario:
             rate=data.get("rate"),
             calls_per_response=int(data.get("calls_per_response", 1)),
             max_in_flight=int(data.get("max_in_flight", 32)),
-            reply_to_response_create=bool(data.get("reply_to_response_create", True)),
             faults=faults,
         )
 

@@ -49,7 +49,9 @@ class CallRecord:
 class Simulator:
     """``async with Simulator(scenario) as sim:`` then connect a session to ``sim.url``."""
 
-    def __init__(self, scenario: Scenario | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, scenario: Scenario | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.scenario = scenario or Scenario()
         self._host, self._port = host, port
         self._server: Server | None = None
@@ -68,7 +70,10 @@ class Simulator:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -103,18 +108,24 @@ class Simulator:
             if len(call.outputs) != 1:
                 problems.append(f"{call.call_id} ({call.name}): {len(call.outputs)} outputs")
             elif not call.response_create_after:
-                problems.append(f"{call.call_id} ({call.name}): no response.create after its output")
+                problems.append(
+                    f"{call.call_id} ({call.name}): no response.create after its output"
+                )
         return problems
 
     def assert_invariant(self) -> None:
         problems = self.violations()
         if problems:
-            raise AssertionError(f"{len(problems)} calls broke the invariant: " + "; ".join(problems[:20]))
+            raise AssertionError(
+                f"{len(problems)} calls broke the invariant: " + "; ".join(problems[:20])
+            )
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
         """Wait until ``count`` calls have an output and a following response.create."""
         async with asyncio.timeout(timeout):
-            while sum(1 for c in self.calls.values() if c.outputs and c.response_create_after) < count:
+            while (
+                sum(1 for c in self.calls.values() if c.outputs and c.response_create_after) < count
+            ):
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -141,7 +152,9 @@ class _Connection:
         self.response_lock = asyncio.Lock()
         self.in_flight = 0
         self.room = asyncio.Condition()
-        self.pending_create: list[CallRecord] = []  # outputs received since the last response.create
+        self.pending_create: list[
+            CallRecord
+        ] = []  # outputs received since the last response.create
         self.duplicates: list[tuple[CallRecord, CallSpec]] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -206,35 +219,81 @@ class _Connection:
         async with self.response_lock:
             self.responding = True
             response_id = f"resp_sim{self.number}_{next(self.ids)}"
-            await self.send({
-                "type": "response.created",
-                "response": {"id": response_id, "object": "realtime.response", "status": "in_progress", "output": []},
-            })
+            await self.send(
+                {
+                    "type": "response.created",
+                    "response": {
+                        "id": response_id,
+                        "object": "realtime.response",
+                        "status": "in_progress",
+                        "output": [],
+                    },
+                }
+            )
             records, items = [], []
             for output_index, (index, spec) in enumerate(batch):
                 call_id = reuse.call_id if reuse else f"call_sim{self.number}_{index}"
                 item_id = f"item_sim{self.number}_{next(self.ids)}"
-                item = {"id": item_id, "type": "function_call", "status": "in_progress",
-                        "call_id": call_id, "name": spec.name, "arguments": ""}
-                await self.send({"type": "response.output_item.added", "response_id": response_id,
-                                 "output_index": output_index, "item": item})
-                await self.send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
-                record = reuse or CallRecord(call_id, spec.name, spec.arguments, issued_at=time.monotonic())
+                item = {
+                    "id": item_id,
+                    "type": "function_call",
+                    "status": "in_progress",
+                    "call_id": call_id,
+                    "name": spec.name,
+                    "arguments": "",
+                }
+                await self.send(
+                    {
+                        "type": "response.output_item.added",
+                        "response_id": response_id,
+                        "output_index": output_index,
+                        "item": item,
+                    }
+                )
+                await self.send(
+                    {"type": "conversation.item.added", "previous_item_id": None, "item": item}
+                )
+                record = reuse or CallRecord(
+                    call_id, spec.name, spec.arguments, issued_at=time.monotonic()
+                )
                 if reuse is None:
                     self.sim.calls[call_id] = record
                     self.in_flight += 1
                 records.append(record)
-                await self.send({"type": "response.function_call_arguments.done", "response_id": response_id,
-                                 "item_id": item_id, "output_index": output_index, "call_id": call_id,
-                                 "name": spec.name, "arguments": spec.arguments})
+                await self.send(
+                    {
+                        "type": "response.function_call_arguments.done",
+                        "response_id": response_id,
+                        "item_id": item_id,
+                        "output_index": output_index,
+                        "call_id": call_id,
+                        "name": spec.name,
+                        "arguments": spec.arguments,
+                    }
+                )
                 done_item = {**item, "status": "completed", "arguments": spec.arguments}
-                await self.send({"type": "response.output_item.done", "response_id": response_id,
-                                 "output_index": output_index, "item": done_item})
+                await self.send(
+                    {
+                        "type": "response.output_item.done",
+                        "response_id": response_id,
+                        "output_index": output_index,
+                        "item": done_item,
+                    }
+                )
                 await self.send({"type": "conversation.item.done", "item": done_item})
                 items.append(done_item)
-            await self.send({"type": "response.done", "response": {
-                "id": response_id, "object": "realtime.response", "status": "completed", "output": items,
-                "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0}}})
+            await self.send(
+                {
+                    "type": "response.done",
+                    "response": {
+                        "id": response_id,
+                        "object": "realtime.response",
+                        "status": "completed",
+                        "output": items,
+                        "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0},
+                    },
+                }
+            )
             self.responding = False
         return records
 
@@ -242,14 +301,43 @@ class _Connection:
         async with self.response_lock:
             self.responding = True
             response_id = f"resp_sim{self.number}_{next(self.ids)}"
-            await self.send({"type": "response.created", "response": {
-                "id": response_id, "object": "realtime.response", "status": "in_progress", "output": []}})
-            item = {"id": f"item_sim{self.number}_{next(self.ids)}", "type": "message", "role": "assistant",
-                    "status": "completed", "content": [{"type": "output_text", "text": "Done."}]}
-            await self.send({"type": "response.output_item.done", "response_id": response_id,
-                             "output_index": 0, "item": item})
-            await self.send({"type": "response.done", "response": {
-                "id": response_id, "object": "realtime.response", "status": "completed", "output": [item]}})
+            await self.send(
+                {
+                    "type": "response.created",
+                    "response": {
+                        "id": response_id,
+                        "object": "realtime.response",
+                        "status": "in_progress",
+                        "output": [],
+                    },
+                }
+            )
+            item = {
+                "id": f"item_sim{self.number}_{next(self.ids)}",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Done."}],
+            }
+            await self.send(
+                {
+                    "type": "response.output_item.done",
+                    "response_id": response_id,
+                    "output_index": 0,
+                    "item": item,
+                }
+            )
+            await self.send(
+                {
+                    "type": "response.done",
+                    "response": {
+                        "id": response_id,
+                        "object": "realtime.response",
+                        "status": "completed",
+                        "output": [item],
+                    },
+                }
+            )
             self.responding = False
 
     # --- what the client sends ----------------------------------------------------------
@@ -261,7 +349,9 @@ class _Connection:
             event = json.loads(frame)
             event_type = event["type"]
         except (ValueError, TypeError, KeyError):
-            await self.error("invalid_request_error", "invalid_json", "could not parse the event", None)
+            await self.error(
+                "invalid_request_error", "invalid_json", "could not parse the event", None
+            )
             return
         event_id = event.get("event_id")
         if event_type == "session.update":
@@ -275,28 +365,46 @@ class _Connection:
         elif event_type in ("response.cancel", "input_audio_buffer.append"):
             pass
         elif event_type == "input_audio_buffer.commit":
-            await self.send({"type": "input_audio_buffer.committed", "item_id": f"item_audio_{seq}"})
+            await self.send(
+                {"type": "input_audio_buffer.committed", "item_id": f"item_audio_{seq}"}
+            )
         else:
-            await self.error("invalid_request_error", "unknown_event", f"unknown event type {event_type!r}", event_id)
+            await self.error(
+                "invalid_request_error",
+                "unknown_event",
+                f"unknown event type {event_type!r}",
+                event_id,
+            )
 
     async def on_item(self, item: dict[str, Any], event_id: str | None, seq: int) -> None:
         if item.get("type") == "message":
-            text = "".join(c.get("text", "") for c in item.get("content", []) if isinstance(c, dict))
+            text = "".join(
+                c.get("text", "") for c in item.get("content", []) if isinstance(c, dict)
+            )
             self.sim.user_messages.append(text)
             self.spawn(self.acknowledge(item))
             return
         if item.get("type") != "function_call_output":
-            await self.error("invalid_request_error", "invalid_value", "unsupported item type", event_id)
+            await self.error(
+                "invalid_request_error", "invalid_value", "unsupported item type", event_id
+            )
             return
         call_id = item.get("call_id")
         record = self.sim.calls.get(call_id) if isinstance(call_id, str) else None
         if record is None:
-            await self.error("invalid_request_error", "invalid_value", f"no function call {call_id!r}", event_id)
+            await self.error(
+                "invalid_request_error", "invalid_value", f"no function call {call_id!r}", event_id
+            )
             return
         index = int(call_id.rsplit("_", 1)[1]) if isinstance(call_id, str) else -1
         if index in self.scenario.faults.reject_output and record.refused_outputs == 0:
             record.refused_outputs += 1
-            await self.error("invalid_request_error", self.scenario.faults.reject_code, "output refused (injected fault)", event_id)
+            await self.error(
+                "invalid_request_error",
+                self.scenario.faults.reject_code,
+                "output refused (injected fault)",
+                event_id,
+            )
             return
         record.outputs.append(str(item.get("output", "")))
         if len(record.outputs) == 1:
@@ -322,18 +430,30 @@ class _Connection:
     async def on_response_create(self, event_id: str | None) -> None:
         if self.responding:
             self.sim.refused_response_creates += 1
-            await self.error("invalid_request_error", _ACTIVE_RESPONSE,
-                             "Conversation already has an active response in progress.", event_id)
+            await self.error(
+                "invalid_request_error",
+                _ACTIVE_RESPONSE,
+                "Conversation already has an active response in progress.",
+                event_id,
+            )
             return
         self.sim.response_creates += 1
         for record in self.pending_create:
             record.response_create_after = True
         self.pending_create.clear()
         self.sim._notify()
-        if self.scenario.reply_to_response_create:
-            self.spawn(self.respond_with_text())
+        self.spawn(self.respond_with_text())
 
     async def error(self, kind: str, code: str, message: str, event_id: str | None) -> None:
-        await self.send({"type": "error", "error": {"type": kind, "code": code, "message": message,
-                                                    "param": None, "event_id": event_id}})
-
+        await self.send(
+            {
+                "type": "error",
+                "error": {
+                    "type": kind,
+                    "code": code,
+                    "message": message,
+                    "param": None,
+                    "event_id": event_id,
+                },
+            }
+        )

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NoOpTracerProvider, Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 
 from .._ledger import Call, CallState, IncompleteReason, Outcome, ToolOutput
 from .._version import __version__
@@ -65,7 +72,9 @@ class Telemetry:
         max_content_chars: int = 1000,
     ) -> None:
         provider = tracer_provider or trace.get_tracer_provider()
-        self.tracer = provider.get_tracer(n.INSTRUMENTATION_NAME, __version__, schema_url=n.SCHEMA_URL)
+        self.tracer = provider.get_tracer(
+            n.INSTRUMENTATION_NAME, __version__, schema_url=n.SCHEMA_URL
+        )
         self.metrics = metrics
         self.capture_content = capture_content
         self.max_content_chars = max_content_chars
@@ -125,7 +134,11 @@ class SessionTelemetry:
         }
         if isinstance(model, str):
             attributes[n.GEN_AI_REQUEST_MODEL] = model
-        name = f"{n.OP_REALTIME_INFERENCE} {model}" if isinstance(model, str) else n.OP_REALTIME_INFERENCE
+        name = (
+            f"{n.OP_REALTIME_INFERENCE} {model}"
+            if isinstance(model, str)
+            else n.OP_REALTIME_INFERENCE
+        )
         span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         self._open_responses[response_id] = span
         _remember(self._recent_responses, response_id, span, _RECENT_RESPONSES)
@@ -159,7 +172,9 @@ class SessionTelemetry:
         parent = self._recent_responses.get(call.response_key)
         ctx = trace.set_span_in_context(parent) if parent is not None else otel_context.Context()
         name = f"{n.OP_EXECUTE_TOOL} {label}" if known else n.OP_EXECUTE_TOOL
-        span = self._tracer.start_span(name, context=ctx, kind=SpanKind.INTERNAL, attributes=attributes)
+        span = self._tracer.start_span(
+            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attributes
+        )
         call.annotations["span"] = span
         call.annotations["label"] = label
 
@@ -199,7 +214,11 @@ class SessionTelemetry:
             n.RTGUARD_SEND_RESULT: "failed" if error else "sent",
         }
         span = self._tracer.start_span(
-            n.SPAN_SEND_OUTPUT, context=ctx, kind=SpanKind.CLIENT, attributes=attributes, start_time=started_ns
+            n.SPAN_SEND_OUTPUT,
+            context=ctx,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=started_ns,
         )
         if error is not None:
             span.set_attribute(n.RTGUARD_WILL_RETRY, will_retry)
@@ -270,7 +289,6 @@ class SessionTelemetry:
         return {n.GEN_AI_REALTIME_SESSION_ID: self._session_id}
 
 
-
 def _fail(span: Span, error_type: str, error: BaseException | None) -> None:
     span.set_attribute(n.ERROR_TYPE, error_type)
     span.set_status(Status(StatusCode.ERROR, str(error)[:200] if error is not None else error_type))
@@ -293,7 +311,10 @@ def _exemplar(span: Span) -> dict[str, str] | None:
     context = span.get_span_context()
     if not context.is_valid or not context.trace_flags.sampled:
         return None
-    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
 
 
 def _remember(cache: OrderedDict[str, Span], key: str, span: Span, limit: int) -> None:

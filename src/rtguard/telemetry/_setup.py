@@ -1,6 +1,6 @@
-"""Optional one-call setup for apps that have no OpenTelemetry SDK configuration of their own.
+"""One-call setup for apps that have no OpenTelemetry SDK configuration of their own.
 
-rtguard itself only uses the OpenTelemetry API; these helpers need the ``otlp`` extra.
+The session itself only uses the OpenTelemetry API, so an app's own SDK setup wins.
 """
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from ._metrics import RtguardMetrics
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 __all__ = ["configure", "start_metrics_server"]
 
@@ -38,11 +37,6 @@ def configure(
     ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc``, the default, or ``http/protobuf``). Export
     failures are counted in ``rtguard_swallowed_errors_total{place="span_export"}``.
     """
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
     attributes = {"service.name": service_name} if service_name else {}
     provider = TracerProvider(resource=Resource.create(attributes))
     exporter = exporter or _otlp_exporter()
@@ -64,7 +58,7 @@ def _otlp_exporter() -> SpanExporter:
     return Grpc()
 
 
-class _CountingExporter:
+class _CountingExporter(SpanExporter):
     """Counts export failures instead of letting them vanish into the SDK's log line."""
 
     def __init__(self, inner: SpanExporter, metrics: RtguardMetrics | None) -> None:
@@ -72,8 +66,6 @@ class _CountingExporter:
         self._metrics = metrics
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
         try:
             result = self._inner.export(spans)
         except Exception:
