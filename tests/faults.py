@@ -19,7 +19,9 @@ class InjectedSendError(OSError):
 class FailingSends:
     """Raises InjectedSendError for sends that ``should_fail(event)`` picks."""
 
-    def __init__(self, inner: Transport, should_fail: Callable[[dict[str, object], int], bool]) -> None:
+    def __init__(
+        self, inner: Transport, should_fail: Callable[[dict[str, object], int], bool]
+    ) -> None:
         self._inner = inner
         self._should_fail = should_fail
         self.attempts: dict[str, int] = {}  # call_id -> output send attempts

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import Run, run_scenario
-from faults import FailingSends, InjectedSendError, fail_every_output, fail_first_output
 from opentelemetry.trace import StatusCode
 
+from conftest import Run, run_scenario
+from faults import FailingSends, InjectedSendError, fail_every_output, fail_first_output
 from rtguard import (
     Agent,
     CallIncomplete,
@@ -129,88 +129,172 @@ def failing(policy: Callable[[dict[str, object], int], bool]) -> Callable[[Trans
 CASES: dict[str, Case] = {
     "success": Case("echo", '{"text": "hi"}', output="hi"),
     "tool_raises": Case(
-        "boom", outcome=Outcome.ERROR, output="ValueError: boom", error=ValueError,
-        tool_raised=True, error_type="ValueError",
+        "boom",
+        outcome=Outcome.ERROR,
+        output="ValueError: boom",
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
     ),
     "sync_tool_raises": Case(
-        "sync_boom", outcome=Outcome.ERROR, output="RuntimeError", error=RuntimeError,
-        tool_raised=True, error_type="RuntimeError",
+        "sync_boom",
+        outcome=Outcome.ERROR,
+        output="RuntimeError",
+        error=RuntimeError,
+        tool_raised=True,
+        error_type="RuntimeError",
     ),
     "timeout_error_as_result": Case(
-        "slow", outcome=Outcome.TIMEOUT, output="timed out", error=ToolTimeoutError,
+        "slow",
+        outcome=Outcome.TIMEOUT,
+        output="timed out",
+        error=ToolTimeoutError,
         error_type="timeout",
     ),
     "timeout_raise_exception": Case(
-        "slow_strict", outcome=Outcome.TIMEOUT, output="timed out", error=ToolTimeoutError,
-        raised_from_iterator=True, error_type="timeout",
+        "slow_strict",
+        outcome=Outcome.TIMEOUT,
+        output="timed out",
+        error=ToolTimeoutError,
+        raised_from_iterator=True,
+        error_type="timeout",
     ),
     "unknown_tool": Case(
-        "no_such_tool", outcome=Outcome.UNKNOWN_TOOL, output="no tool named",
-        error=UnknownToolError, error_type="unknown_tool",
+        "no_such_tool",
+        outcome=Outcome.UNKNOWN_TOOL,
+        output="no tool named",
+        error=UnknownToolError,
+        error_type="unknown_tool",
     ),
     "invalid_json": Case(
-        "echo", "{not json", outcome=Outcome.INVALID_ARGUMENTS, output="not valid JSON",
-        error=InvalidArgumentsError, error_type="invalid_arguments",
+        "echo",
+        "{not json",
+        outcome=Outcome.INVALID_ARGUMENTS,
+        output="not valid JSON",
+        error=InvalidArgumentsError,
+        error_type="invalid_arguments",
     ),
     "schema_mismatch": Case(
-        "echo", '{"text": 5, "extra": 1}', outcome=Outcome.INVALID_ARGUMENTS,
-        output="invalid arguments", error=InvalidArgumentsError, error_type="invalid_arguments",
+        "echo",
+        '{"text": 5, "extra": 1}',
+        outcome=Outcome.INVALID_ARGUMENTS,
+        output="invalid arguments",
+        error=InvalidArgumentsError,
+        error_type="invalid_arguments",
     ),
     "handoff": Case("transfer_to_billing", output='"assistant": "billing"'),
     "handoff_raises": Case(
-        "transfer_to_broken", outcome=Outcome.HANDOFF_FAILED, output="remain the active agent",
-        error=LookupError, tool_raised=True, error_type="handoff_failed",
+        "transfer_to_broken",
+        outcome=Outcome.HANDOFF_FAILED,
+        output="remain the active agent",
+        error=LookupError,
+        tool_raised=True,
+        error_type="handoff_failed",
     ),
     "handoff_not_an_agent": Case(
-        "transfer_to_nobody", outcome=Outcome.HANDOFF_FAILED, output="not an Agent",
-        error=HandoffError, error_type="handoff_failed",
+        "transfer_to_nobody",
+        outcome=Outcome.HANDOFF_FAILED,
+        output="not an Agent",
+        error=HandoffError,
+        error_type="handoff_failed",
     ),
     "send_fails_once": Case(
-        "boom", outcome=Outcome.ERROR, output="boom", error=ValueError, tool_raised=True,
-        error_type="ValueError", wrap=failing(fail_first_output), send_attempts=2,
+        "boom",
+        outcome=Outcome.ERROR,
+        output="boom",
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
+        wrap=failing(fail_first_output),
+        send_attempts=2,
         config=SessionConfig(retry=FAST_RETRY),
     ),
     "send_fails_once_sync_path": Case(
-        "boom", outcome=Outcome.ERROR, output="boom", error=ValueError, tool_raised=True,
-        error_type="ValueError", wrap=failing(fail_first_output), send_attempts=2,
+        "boom",
+        outcome=Outcome.ERROR,
+        output="boom",
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
+        wrap=failing(fail_first_output),
+        send_attempts=2,
         config=SessionConfig(retry=FAST_RETRY, async_tool_calls=False),
     ),
     "send_retries_spent": Case(
-        "boom", outcome=None, error=ValueError, tool_raised=True, error_type="ValueError",
-        incomplete=IncompleteReason.RETRIES_EXHAUSTED, wrap=failing(fail_every_output),
-        send_attempts=3, config=SessionConfig(retry=FAST_RETRY),
+        "boom",
+        outcome=None,
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
+        incomplete=IncompleteReason.RETRIES_EXHAUSTED,
+        wrap=failing(fail_every_output),
+        send_attempts=3,
+        config=SessionConfig(retry=FAST_RETRY),
     ),
     "send_retries_spent_sync_path": Case(
-        "boom", outcome=None, error=ValueError, tool_raised=True, error_type="ValueError",
-        incomplete=IncompleteReason.RETRIES_EXHAUSTED, wrap=failing(fail_every_output),
-        send_attempts=3, config=SessionConfig(retry=FAST_RETRY, async_tool_calls=False),
+        "boom",
+        outcome=None,
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
+        incomplete=IncompleteReason.RETRIES_EXHAUSTED,
+        wrap=failing(fail_every_output),
+        send_attempts=3,
+        config=SessionConfig(retry=FAST_RETRY, async_tool_calls=False),
     ),
     "send_fails_on_success": Case(
-        "echo", '{"text": "x"}', output="x", wrap=failing(fail_first_output), send_attempts=2,
+        "echo",
+        '{"text": "x"}',
+        output="x",
+        wrap=failing(fail_first_output),
+        send_attempts=2,
         config=SessionConfig(retry=FAST_RETRY),
     ),
     "retries_spent_on_success": Case(
-        "echo", '{"text": "x"}', outcome=None, incomplete=IncompleteReason.RETRIES_EXHAUSTED,
-        error_type="output_send_failed", wrap=failing(fail_every_output), send_attempts=3,
+        "echo",
+        '{"text": "x"}',
+        outcome=None,
+        incomplete=IncompleteReason.RETRIES_EXHAUSTED,
+        error_type="output_send_failed",
+        wrap=failing(fail_every_output),
+        send_attempts=3,
         config=SessionConfig(retry=FAST_RETRY),
     ),
     "server_refuses_once": Case(
-        "echo", '{"text": "y"}', output="y", faults=Faults(reject_output=frozenset({0})),
-        send_attempts=2, config=SessionConfig(retry=FAST_RETRY),
+        "echo",
+        '{"text": "y"}',
+        output="y",
+        faults=Faults(reject_output=frozenset({0})),
+        send_attempts=2,
+        config=SessionConfig(retry=FAST_RETRY),
     ),
     "server_refuses_for_good": Case(
-        "echo", '{"text": "y"}', outcome=None, incomplete=IncompleteReason.REJECTED_BY_SERVER,
-        error_type="output_send_failed", faults=Faults(reject_output=frozenset({0})),
+        "echo",
+        '{"text": "y"}',
+        outcome=None,
+        incomplete=IncompleteReason.REJECTED_BY_SERVER,
+        error_type="output_send_failed",
+        faults=Faults(reject_output=frozenset({0})),
         config=SessionConfig(retry=RetryPolicy(max_attempts=1)),
     ),
     "on_tool_error_close": Case(
-        "boom", outcome=Outcome.ERROR, output="boom", error=ValueError, tool_raised=True,
-        raised_from_iterator=True, error_type="ValueError",
+        "boom",
+        outcome=Outcome.ERROR,
+        output="boom",
+        error=ValueError,
+        tool_raised=True,
+        raised_from_iterator=True,
+        error_type="ValueError",
         config=SessionConfig(on_tool_error="close"),
     ),
     "on_tool_error_raise_sync_path": Case(
-        "sync_boom", outcome=Outcome.ERROR, output="sync boom", error=RuntimeError,
-        tool_raised=True, raised_from_iterator=True, error_type="RuntimeError",
+        "sync_boom",
+        outcome=Outcome.ERROR,
+        output="sync boom",
+        error=RuntimeError,
+        tool_raised=True,
+        raised_from_iterator=True,
+        error_type="RuntimeError",
         config=SessionConfig(on_tool_error="raise", async_tool_calls=False),
     ),
 }
@@ -226,11 +310,13 @@ async def run_case(name: str) -> tuple[Run, list[BaseException]]:
         scenario = Scenario(calls=(CallSpec(case.tool, case.arguments),), faults=case.faults)
 
         def settled(run: Run) -> bool:
-            return any(type(e).__name__ in ("OutputAcknowledged", "CallIncomplete") for e in run.events) and (
-                not case.raised_from_iterator or bool(run.raised)
-            )
+            return any(
+                type(e).__name__ in ("OutputAcknowledged", "CallIncomplete") for e in run.events
+            ) and (not case.raised_from_iterator or bool(run.raised))
 
-        run = await run_scenario(scenario, support, config=case.config, wrap=case.wrap, done=settled)
+        run = await run_scenario(
+            scenario, support, config=case.config, wrap=case.wrap, done=settled
+        )
         _RUNS[name] = (run, RAISED[first:])
     return _RUNS[name]
 
@@ -297,7 +383,10 @@ async def test_metric_and_span(name: str) -> None:
     duration_labels = {"gen_ai_tool_name": label, "error_type": case.error_type or ""}
     assert run.sample("gen_ai_execute_tool_duration_seconds_count", **duration_labels) == 1
     if case.outcome is not None:
-        assert run.sample("rtguard_tool_calls_total", gen_ai_tool_name=label, outcome=case.outcome) == 1
+        assert (
+            run.sample("rtguard_tool_calls_total", gen_ai_tool_name=label, outcome=case.outcome)
+            == 1
+        )
         assert run.sample("rtguard_output_latency_seconds_count", gen_ai_tool_name=label) == 1
     for reason in IncompleteReason:
         expected = 1.0 if reason is case.incomplete else 0.0
@@ -356,4 +445,3 @@ def test_cases_cover_every_outcome_and_reason() -> None:
     assert {c.outcome for c in CASES.values()} >= set(Outcome) - {Outcome.REJECTED}
     reasons = {c.incomplete for c in CASES.values()}
     assert reasons >= {IncompleteReason.RETRIES_EXHAUSTED, IncompleteReason.REJECTED_BY_SERVER}
-

@@ -6,9 +6,9 @@ import asyncio
 import random
 
 import pytest
+
 from conftest import Run, run_scenario
 from faults import FailingSends
-
 from rtguard import (
     Agent,
     CallIncomplete,
@@ -55,12 +55,17 @@ agent = Agent(name="ops", instructions="Operate.", tools=[lookup, delete_account
 
 
 def answered(count: int):  # type: ignore[no-untyped-def]
-    return lambda run: sum(isinstance(e, OutputAcknowledged | CallIncomplete) for e in run.events) >= count
+    return lambda run: (
+        sum(isinstance(e, OutputAcknowledged | CallIncomplete) for e in run.events) >= count
+    )
 
 
 async def test_approval_approve_and_reject() -> None:
     scenario = Scenario(
-        calls=(CallSpec("delete_account", '{"user": "ann"}'), CallSpec("delete_account", '{"user": "bob"}'))
+        calls=(
+            CallSpec("delete_account", '{"user": "ann"}'),
+            CallSpec("delete_account", '{"user": "bob"}'),
+        )
     )
 
     async def decide(run: Run, event: object) -> None:
@@ -76,8 +81,17 @@ async def test_approval_approve_and_reject() -> None:
     outputs = sorted(c.outputs[0] for c in run.sim.calls.values())
     assert outputs == ["Bob's account is protected.", "deleted ann"]
     assert RUNS == ["delete ann"]
-    assert run.sample("rtguard_tool_calls_total", gen_ai_tool_name="delete_account", outcome="rejected") == 1
-    (rejected,) = [s for s in run.spans_named("execute_tool") if s.attributes and s.attributes["rtguard.call.outcome"] == "rejected"]
+    assert (
+        run.sample(
+            "rtguard_tool_calls_total", gen_ai_tool_name="delete_account", outcome="rejected"
+        )
+        == 1
+    )
+    (rejected,) = [
+        s
+        for s in run.spans_named("execute_tool")
+        if s.attributes and s.attributes["rtguard.call.outcome"] == "rejected"
+    ]
     assert rejected.attributes is not None
     assert rejected.attributes["error.type"] == "rejected"
 
@@ -90,7 +104,9 @@ async def test_unknown_approval_is_a_clear_error() -> None:
 
 async def test_same_call_id_twice_runs_the_tool_once() -> None:
     RUNS.clear()
-    scenario = Scenario(calls=(CallSpec("lookup", '{"key": "a"}'),), faults=Faults(duplicate=frozenset({0})))
+    scenario = Scenario(
+        calls=(CallSpec("lookup", '{"key": "a"}'),), faults=Faults(duplicate=frozenset({0}))
+    )
     run = await run_scenario(scenario, agent)
     run.sim.assert_invariant()
     assert RUNS == ["a"]
@@ -113,21 +129,31 @@ async def test_connection_lost_accounts_for_pending_calls() -> None:
         calls_per_response=2,
         faults=Faults(drop_connection_after=1),
     )
-    run = await run_scenario(scenario, agent, done=lambda r: any(isinstance(e, SessionClosed) for e in r.events))
+    run = await run_scenario(
+        scenario, agent, done=lambda r: any(isinstance(e, SessionClosed) for e in r.events)
+    )
     incomplete = run.of_type(CallIncomplete)
     assert sorted(e.call_id for e in incomplete) == sorted(run.sim.calls)
     assert {e.reason for e in incomplete} == {IncompleteReason.CONNECTION_LOST}
     (closed,) = run.of_type(SessionClosed)
     assert closed.reason == "connection_lost"
     assert run.sample("rtguard_calls_without_output_total", reason="connection_lost") == 2
-    assert all(s.attributes and s.attributes["error.type"] == "connection_lost" for s in run.spans_named("execute_tool"))
+    assert all(
+        s.attributes and s.attributes["error.type"] == "connection_lost"
+        for s in run.spans_named("execute_tool")
+    )
 
 
 async def test_close_waits_then_accounts_for_running_calls() -> None:
     config = SessionConfig(close_timeout=0.05)
-    scenario = Scenario(calls=(CallSpec("crawl"), CallSpec("lookup", '{"key": "z"}')), calls_per_response=2)
+    scenario = Scenario(
+        calls=(CallSpec("crawl"), CallSpec("lookup", '{"key": "z"}')), calls_per_response=2
+    )
     run = await run_scenario(
-        scenario, agent, config=config, done=lambda r: any(isinstance(e, OutputAcknowledged) for e in r.events)
+        scenario,
+        agent,
+        config=config,
+        done=lambda r: any(isinstance(e, OutputAcknowledged) for e in r.events),
     )
     (incomplete,) = run.of_type(CallIncomplete)
     assert incomplete.tool_name == "crawl"
@@ -163,7 +189,9 @@ async def test_every_server_event_reaches_the_app() -> None:
 
 async def test_session_update_carries_instructions_and_tool_schemas() -> None:
     async with Simulator() as sim:
-        async with RealtimeSession(agent, url=sim.url, config=SessionConfig(session_options={"voice": "marin"})):
+        async with RealtimeSession(
+            agent, url=sim.url, config=SessionConfig(session_options={"voice": "marin"})
+        ):
             while not sim.session_updates:
                 await asyncio.sleep(0.005)
         (_, session), *_ = sim.session_updates
@@ -210,7 +238,9 @@ async def test_api_key_is_sent_as_bearer_and_never_in_repr() -> None:
 
         async with serve(capture, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
-            session = RealtimeSession(agent, url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test-secret-123456")
+            session = RealtimeSession(
+                agent, url=f"ws://127.0.0.1:{port}/v1/realtime", api_key="sk-test-secret-123456"
+            )
             assert "sk-test" not in repr(session)
             async with session:
                 async for _ in session:
@@ -246,7 +276,9 @@ async def test_thousand_calls_random_mix_lose_nothing() -> None:
         else:
             calls.append(CallSpec("mixed", f'{{"kind": "{rng.choice(kinds)}"}}'))
     fail_rng = random.Random(99)
-    config = SessionConfig(retry=RetryPolicy(max_attempts=10, initial_backoff=0.001, max_backoff=0.002))
+    config = SessionConfig(
+        retry=RetryPolicy(max_attempts=10, initial_backoff=0.001, max_backoff=0.002)
+    )
     run = await run_scenario(
         Scenario(calls=tuple(calls), calls_per_response=3, max_in_flight=64),
         Agent(name="mix", tools=[mixed]),
@@ -260,5 +292,8 @@ async def test_thousand_calls_random_mix_lose_nothing() -> None:
     assert len(delivered) == len(raised) > 0
     assert {id(e) for e in delivered} == {id(e) for e in raised}
     assert run.sample("rtguard_output_send_retries_total") > 0
-    assert run.sample("rtguard_tool_calls_total", gen_ai_tool_name="_unknown", outcome="unknown_tool") > 0
+    assert (
+        run.sample("rtguard_tool_calls_total", gen_ai_tool_name="_unknown", outcome="unknown_tool")
+        > 0
+    )
     assert run.session.ledger.open_count == 0
