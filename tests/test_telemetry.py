@@ -12,10 +12,12 @@ import textwrap
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as prometheus_text
 
 from conftest import run_scenario
 from otlp_receiver import OtlpReceiver
@@ -334,3 +336,46 @@ def test_configure_exports_over_otlp_grpc_from_the_environment() -> None:
     for tool in tools:
         assert by_id[tool.parent_span_id].name == "realtime_inference"
         assert tool.attributes["gen_ai.tool.call.id"].startswith("call_sim")
+
+
+def test_multiprocess_mode_aggregates_worker_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    worker = [sys.executable, str(Path(__file__).with_name("mp_worker.py"))]
+    subprocess.run([*worker, "done"], env=env, check=True, timeout=60)
+    subprocess.run([*worker, "done"], env=env, check=True, timeout=60)
+    stuck = subprocess.Popen(
+        [*worker, "stuck"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert stuck.stdout is not None
+        assert stuck.stdout.readline().strip() == b"ready"
+        scrape = textwrap.dedent(
+            """
+            import urllib.request
+            from rtguard.telemetry import start_metrics_server
+            server, thread = start_metrics_server(0)
+            url = f"http://127.0.0.1:{server.server_port}/metrics"
+            print(urllib.request.urlopen(url, timeout=5).read().decode())
+            """
+        )
+        body = subprocess.run(
+            [sys.executable, "-c", scrape],
+            env=env,
+            check=True,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        assert stuck.stdin is not None
+        stuck.stdin.close()
+        stuck.wait(30)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in prometheus_text(body)
+        for s in family.samples
+    }
+    calls = ("rtguard_tool_calls_total", (("gen_ai_tool_name", "quick"), ("outcome", "success")))
+    assert samples[calls] == 6  # three from each finished worker
+    assert samples[("rtguard_calls_awaiting_output", ())] == 1  # the stuck worker's call
+    assert samples[("rtguard_oldest_call_awaiting_output_age_seconds", ())] > 0

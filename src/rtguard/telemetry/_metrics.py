@@ -7,9 +7,10 @@ model invents is reported as ``_unknown``), and no label ever holds a call or se
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -107,9 +108,25 @@ class RtguardMetrics:
             multiprocess_mode="max",
         )
         build_info.labels(version=__version__).set(1)
-        self._waiting = _WaitingCallsCollector()
-        if registry is not None:
-            registry.register(self._waiting)
+        self._ledgers: weakref.WeakSet[_Ledger] = weakref.WeakSet()
+        # Scrape-time gauges need this process's memory, which prometheus_client's
+        # multiprocess mode cannot read: there, sessions refresh per-process gauges instead.
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if self.multiprocess:
+            self._calls_waiting = Gauge(
+                n.METRIC_CALLS_WAITING,
+                _WAITING_HELP,
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
+            self._oldest_age = Gauge(
+                n.METRIC_OLDEST_WAITING_AGE,
+                _AGE_HELP,
+                registry=registry,
+                multiprocess_mode="livemax",
+            )
+        elif registry is not None:
+            registry.register(_WaitingCallsCollector(self._ledgers))
         self._export_zeroes()
 
     def _export_zeroes(self) -> None:
@@ -125,37 +142,41 @@ class RtguardMetrics:
             self.handoffs.labels(result=result)
 
     def watch(self, ledger: _Ledger) -> None:
-        """Include a session's open calls in the scrape-time gauges while it lives."""
-        self._waiting.ledgers.add(ledger)
+        """Include a session's open calls in the waiting-calls gauges while it lives."""
+        self._ledgers.add(ledger)
+
+    def refresh(self) -> None:
+        """Update the multiprocess gauges (a no-op when they are computed at scrape time)."""
+        if self.multiprocess:
+            count, age = _waiting_now(self._ledgers)
+            self._calls_waiting.set(count)
+            self._oldest_age.set(age)
+
+
+_WAITING_HELP = "Calls whose output the server has not acknowledged yet."
+_AGE_HELP = "Age of the oldest call still waiting for its output to be acknowledged (0 if none)."
+
+
+def _waiting_now(ledgers: Iterable[_Ledger]) -> tuple[int, float]:
+    count, oldest = 0, None
+    for ledger in list(ledgers):
+        count += ledger.open_count
+        call = ledger.oldest_open()
+        if call is not None and (oldest is None or call.received_at < oldest):
+            oldest = call.received_at
+    return count, 0.0 if oldest is None else time.monotonic() - oldest
 
 
 class _WaitingCallsCollector(Collector):
     """Computed at scrape time, so a call stuck forever shows an age that keeps growing."""
 
-    def __init__(self) -> None:
-        self.ledgers: weakref.WeakSet[_Ledger] = weakref.WeakSet()
+    def __init__(self, ledgers: weakref.WeakSet[_Ledger]) -> None:
+        self._ledgers = ledgers
 
     def collect(self) -> Iterable[Metric]:
-        ledgers = list(self.ledgers)
-        now = time.monotonic()
-        oldest = [c.received_at for c in _oldest(ledgers)]
-        yield GaugeMetricFamily(
-            n.METRIC_CALLS_WAITING,
-            "Calls whose output the server has not acknowledged yet.",
-            value=sum(ledger.open_count for ledger in ledgers),
-        )
-        yield GaugeMetricFamily(
-            n.METRIC_OLDEST_WAITING_AGE,
-            "Age of the oldest call still waiting for its output to be acknowledged (0 if none).",
-            value=now - min(oldest) if oldest else 0.0,
-        )
+        count, age = _waiting_now(self._ledgers)
+        yield GaugeMetricFamily(n.METRIC_CALLS_WAITING, _WAITING_HELP, value=count)
+        yield GaugeMetricFamily(n.METRIC_OLDEST_WAITING_AGE, _AGE_HELP, value=age)
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()
-
-
-def _oldest(ledgers: list[_Ledger]) -> Iterator[_OpenCall]:
-    for ledger in ledgers:
-        call = ledger.oldest_open()
-        if call is not None:
-            yield call

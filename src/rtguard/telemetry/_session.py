@@ -7,6 +7,7 @@ API's no-op tracer makes spans free.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ _INCOMPLETE_ERROR_TYPES = {
 _OPEN_RESPONSE_SPANS = 64
 _RECENT_RESPONSES = 256
 _MAX_TOOL_NAME_CHARS = 64
+_REFRESH_SECONDS = 1.0
 
 
 class Telemetry:
@@ -105,6 +107,7 @@ class SessionTelemetry:
         self._session_id: str | None = None
         self._open_responses: OrderedDict[str, Span] = OrderedDict()
         self._recent_responses: OrderedDict[str, Span] = OrderedDict()
+        self._refresher: asyncio.Task[None] | None = None
 
     # --- session and responses ----------------------------------------------------------
 
@@ -112,13 +115,25 @@ class SessionTelemetry:
         if self._metrics:
             self._metrics.active_sessions.inc()
             self._metrics.watch(self._session.ledger)
+            if self._metrics.multiprocess:
+                self._refresher = asyncio.get_running_loop().create_task(self._refresh_gauges())
 
     def session_ended(self) -> None:
         if self._metrics:
             self._metrics.active_sessions.dec()
+            if self._refresher is not None:
+                self._refresher.cancel()
+            self._metrics.refresh()
         for span in self._open_responses.values():
             span.end()
         self._open_responses.clear()
+
+    async def _refresh_gauges(self) -> None:
+        """Multiprocess mode: keep this process's waiting-call gauges current (age grows)."""
+        assert self._metrics is not None
+        while True:
+            self._metrics.refresh()
+            await asyncio.sleep(_REFRESH_SECONDS)
 
     def session_identified(self, session_id: str) -> None:
         self._session_id = session_id
@@ -177,6 +192,8 @@ class SessionTelemetry:
         )
         call.annotations["span"] = span
         call.annotations["label"] = label
+        if self._metrics:
+            self._metrics.refresh()
 
     @contextmanager
     def tool_context(self, call: Call) -> Iterator[None]:
@@ -253,6 +270,7 @@ class SessionTelemetry:
                 self._metrics.output_latency.labels(label).observe(duration, exemplar)
             elif call.incomplete_reason is not None:
                 self._metrics.calls_without_output.labels(call.incomplete_reason.value).inc()
+            self._metrics.refresh()
         span.end()
         call.annotations.pop("span", None)
 

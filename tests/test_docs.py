@@ -1,0 +1,45 @@
+"""The README's tables are part of the product: check them against the code's declarations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from rtguard.telemetry import RtguardMetrics
+from rtguard.telemetry import _names as names
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
+    registry = CollectorRegistry()
+    RtguardMetrics(registry)
+    exported = {family.name for family in registry.collect()}
+    # prometheus_client reports counters without the _total suffix.
+    exported = {f"{n}_total" if f"{n}_total" in README else n for n in exported}
+    documented = set(re.findall(r"^\| `((?:rtguard|gen_ai)_[a-z_]+)` \|", README, re.MULTILINE))
+    assert documented == exported
+
+
+def test_documented_label_values_match_the_code() -> None:
+    for values in (names.SWALLOWED_PLACES, names.PROTOCOL_ERROR_KINDS, names.SEND_RESULTS):
+        for value in values:
+            assert f"`{value}`" in README, value
+
+
+def test_span_names_are_documented() -> None:
+    for span_name in (
+        names.SPAN_SEND_OUTPUT,
+        names.SPAN_HANDOFF,
+        names.OP_EXECUTE_TOOL,
+        names.OP_REALTIME_INFERENCE,
+    ):
+        assert f"`{span_name}" in README, span_name
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    block = README.split("```")[1]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()[1:]]
+    assert commands == ["make demo", "make test"]
