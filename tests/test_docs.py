@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from rtguard import IncompleteReason, Outcome
 from rtguard.telemetry import RtguardMetrics
 from rtguard.telemetry import _names as names
 
@@ -24,7 +25,15 @@ def test_every_metric_is_documented_and_every_documented_metric_exists() -> None
 
 
 def test_documented_label_values_match_the_code() -> None:
-    for values in (names.SWALLOWED_PLACES, names.PROTOCOL_ERROR_KINDS, names.SEND_RESULTS):
+    reasons = tuple(reason.value for reason in IncompleteReason)
+    outcomes = tuple(outcome.value for outcome in Outcome)
+    for values in (
+        names.SWALLOWED_PLACES,
+        names.PROTOCOL_ERROR_KINDS,
+        names.SEND_RESULTS,
+        reasons,
+        outcomes,
+    ):
         for value in values:
             assert f"`{value}`" in README, value
 

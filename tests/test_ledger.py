@@ -6,14 +6,18 @@ import pytest
 
 from rtguard import IncompleteReason, Outcome, RetryPolicy, ServerRejectedError
 from rtguard._ledger import (
+    AckDeadline,
     Action,
     CallLedger,
     CallSettled,
     CallState,
     InvalidTransition,
-    RetryLater,
+    ResponseDeadline,
+    ResponseEndAssumed,
+    RetrySend,
     SendOutput,
     SendResponseCreate,
+    StartTimer,
     ToolOutput,
 )
 from rtguard._protocol import FunctionCall, event_ids
@@ -24,6 +28,11 @@ OK = ToolOutput("ok", Outcome.SUCCESS)
 def ledger(remember_settled: int = 10_000) -> CallLedger:
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.1)
     return CallLedger(policy, event_ids=event_ids(), remember_settled=remember_settled)
+
+
+def effects(actions: list[Action]) -> list[Action]:
+    """The actions other than timers (each sent output also starts its ack deadline)."""
+    return [a for a in actions if not isinstance(a, StartTimer)]
 
 
 def sent(actions: list[Action]) -> SendOutput:
@@ -38,16 +47,16 @@ def call(call_id: str, response_id: str | None = "r1") -> FunctionCall:
 
 def test_happy_path_and_one_response_create_per_response() -> None:
     book = ledger()
-    book.response_created()
+    book.response_created("r1")
     for call_id in ("a", "b"):
         assert book.receive(call(call_id), 0.0) is not None
     assert book.response_done("r1") == []  # outputs not sent yet: nothing to ask for
     (send_a,) = book.output_ready("a", OK)
     assert isinstance(send_a, SendOutput)
-    assert book.send_succeeded("a", 0.1) == []  # "b" still unsent
+    assert effects(book.send_succeeded("a", 0.1)) == []  # "b" still unsent
     (send_b,) = book.output_ready("b", OK)
     assert isinstance(send_b, SendOutput)
-    (create,) = book.send_succeeded("b", 0.2)
+    (create,) = effects(book.send_succeeded("b", 0.2))
     assert isinstance(create, SendResponseCreate)
     assert [type(a) for a in book.acknowledged("a", 0.3)] == [CallSettled]
     assert [type(a) for a in book.acknowledged("b", 0.3)] == [CallSettled]
@@ -56,17 +65,17 @@ def test_happy_path_and_one_response_create_per_response() -> None:
 
 def test_response_create_waits_for_response_done_and_for_an_idle_server() -> None:
     book = ledger()
-    book.response_created()
+    book.response_created("r1")
     book.receive(call("a"), 0.0)
     book.output_ready("a", OK)
-    assert book.send_succeeded("a", 0.0) == []  # response still in progress
-    (create,) = book.response_done("r1")
+    assert effects(book.send_succeeded("a", 0.0)) == []  # response still in progress
+    (create,) = effects(book.response_done("r1"))
     assert isinstance(create, SendResponseCreate)
     # The server refuses it: another response is active. Ask again after that one ends.
     refusal = ServerRejectedError("conversation_already_has_active_response", "busy")
     assert book.server_error(create.event_id, refusal, 0.0) == []
-    book.response_created()
-    (again,) = book.response_done("r2")
+    book.response_created("r2")
+    (again,) = effects(book.response_done("r2"))
     assert isinstance(again, SendResponseCreate)
     assert again.event_id != create.event_id
 
@@ -94,11 +103,11 @@ def test_send_failure_retries_from_the_cache_then_gives_up() -> None:
     first = sent(book.output_ready("a", ToolOutput("boom", Outcome.ERROR, ValueError("x"))))
     error = OSError("write failed")
     (retry,) = book.send_failed("a", error, connection_open=True, now=0.0)
-    assert retry == RetryLater("a", 0.1)
-    second = sent(book.retry_due("a"))
+    assert retry == StartTimer(RetrySend("a"), 0.1)
+    second = sent(book.timer_due(RetrySend("a"), 0.0))
     assert second.event_id != first.event_id
     book.send_failed("a", error, connection_open=True, now=0.0)
-    book.retry_due("a")
+    book.timer_due(RetrySend("a"), 0.0)
     (settled,) = book.send_failed("a", error, connection_open=True, now=1.0)
     assert isinstance(settled, CallSettled)
     assert settled.call.incomplete_reason is IncompleteReason.RETRIES_EXHAUSTED
@@ -123,7 +132,7 @@ def test_late_acknowledgement_cancels_the_retry() -> None:
     (settled,) = book.acknowledged("a", 0.05)  # the "failed" attempt reached the server
     assert isinstance(settled, CallSettled)
     assert settled.call.state is CallState.ACKNOWLEDGED
-    assert book.retry_due("a") == []
+    assert book.timer_due(RetrySend("a"), 0.0) == []
 
 
 def test_server_refusal_before_send_returns_is_not_lost() -> None:
@@ -132,7 +141,7 @@ def test_server_refusal_before_send_returns_is_not_lost() -> None:
     send = sent(book.output_ready("a", OK))
     assert book.server_error(send.event_id, ServerRejectedError("bad", "no"), 0.0) == []
     (retry,) = book.send_succeeded("a", 0.0)
-    assert isinstance(retry, RetryLater)
+    assert retry == StartTimer(RetrySend("a"), 0.1)
 
 
 def test_refusal_after_sending_retries_then_settles_rejected() -> None:
@@ -141,8 +150,8 @@ def test_refusal_after_sending_retries_then_settles_rejected() -> None:
     send = sent(book.output_ready("a", OK))
     book.send_succeeded("a", 0.0)
     (retry,) = book.server_error(send.event_id, ServerRejectedError("x", "y"), 0.0)
-    assert isinstance(retry, RetryLater)
-    send2 = sent(book.retry_due("a"))
+    assert isinstance(retry, StartTimer)
+    send2 = sent(book.timer_due(RetrySend("a"), 0.0))
     book.send_succeeded("a", 0.0)
     assert book.server_error(send.event_id, ServerRejectedError("x", "y"), 0.0) == []  # stale id
     (settled,) = book.server_error(send2.event_id, ServerRejectedError("x", "y"), 0.0)
@@ -183,3 +192,30 @@ def test_retry_policy_backoff_is_bounded() -> None:
     assert [policy.backoff(n) for n in range(1, 6)] == [0.05, 0.1, 0.2, 0.3, 0.3]
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
+
+
+def test_an_output_never_acknowledged_is_incomplete_not_resent() -> None:
+    book = ledger()
+    book.receive(call("a", None), 0.0)
+    send = sent(book.output_ready("a", OK))
+    deadline, create, _ = book.send_succeeded("a", 0.0)  # the call had no response: ask now
+    assert deadline == StartTimer(AckDeadline("a", send.event_id), 10.0)
+    assert isinstance(create, SendResponseCreate)
+    (settled,) = book.timer_due(deadline.key, 10.0)
+    assert isinstance(settled, CallSettled)
+    assert settled.call.incomplete_reason is IncompleteReason.UNACKNOWLEDGED
+    assert book.acknowledged("a", 11.0) == []  # a late ack changes nothing
+
+
+def test_a_lost_response_done_does_not_block_response_create_forever() -> None:
+    book = ledger()
+    (deadline,) = book.response_created("r1")
+    assert isinstance(deadline, StartTimer)
+    assert isinstance(deadline.key, ResponseDeadline)
+    book.receive(call("a"), 0.0)
+    book.output_ready("a", OK)
+    assert effects(book.send_succeeded("a", 0.0)) == []  # waiting for response.done
+    assumed, create, _ = book.timer_due(deadline.key, 60.0)
+    assert assumed == ResponseEndAssumed("r1")
+    assert isinstance(create, SendResponseCreate)
+    assert book.timer_due(deadline.key, 61.0) == []  # a stale deadline does nothing

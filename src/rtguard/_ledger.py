@@ -34,10 +34,12 @@ __all__ = [
     "CallState",
     "IncompleteReason",
     "Outcome",
-    "RetryLater",
+    "ResponseEndAssumed",
     "RetryPolicy",
     "SendOutput",
     "SendResponseCreate",
+    "StartTimer",
+    "TimerKey",
     "ToolOutput",
 ]
 
@@ -86,6 +88,7 @@ class IncompleteReason(enum.StrEnum):
     SESSION_CLOSED = "session_closed"
     RETRIES_EXHAUSTED = "retries_exhausted"
     REJECTED_BY_SERVER = "rejected_by_server"
+    UNACKNOWLEDGED = "unacknowledged"  # sent, but the server never confirmed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +158,40 @@ class SendOutput:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryLater:
-    """Call :meth:`CallLedger.retry_due` with ``call_id`` after ``delay`` seconds.
+class RetrySend:
+    """Resend the call's cached output."""
 
-    ``call_id`` None means the pending ``response.create``.
-    """
+    call_id: str
 
-    call_id: str | None
+
+@dataclass(frozen=True, slots=True)
+class RetryResponseCreate:
+    """Send the ``response.create`` whose send raised."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckDeadline:
+    """Give up waiting for the server to acknowledge this attempt."""
+
+    call_id: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDeadline:
+    """Stop waiting for the ``response.done`` of the response in progress (``epoch``)."""
+
+    epoch: int
+
+
+TimerKey = RetrySend | RetryResponseCreate | AckDeadline | ResponseDeadline
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Call :meth:`CallLedger.timer_due` with ``key`` after ``delay`` seconds."""
+
+    key: TimerKey
     delay: float
 
 
@@ -177,7 +207,14 @@ class CallSettled:
     call: Call
 
 
-Action = SendOutput | RetryLater | SendResponseCreate | CallSettled
+@dataclass(frozen=True, slots=True)
+class ResponseEndAssumed:
+    """No ``response.done`` came in time; the ledger went on as if it had."""
+
+    response_id: str | None
+
+
+Action = SendOutput | StartTimer | SendResponseCreate | CallSettled | ResponseEndAssumed
 
 
 @dataclass(slots=True)
@@ -201,8 +238,12 @@ class CallLedger:
         *,
         event_ids: Iterator[str],
         remember_settled: int = 10_000,
+        ack_timeout: float = 10.0,
+        response_timeout: float = 60.0,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self.ack_timeout = ack_timeout
+        self.response_timeout = response_timeout
         self._event_ids = event_ids
         self._remember_settled = remember_settled
         self._open: dict[str, Call] = {}  # arrival order, so the first one is the oldest
@@ -210,6 +251,8 @@ class CallLedger:
         self._responses: dict[str, _Response] = {}
         self._attempts: dict[str, str] = {}  # output event_id -> call_id, while it can be refused
         self._server_responding = False
+        self._active_response: str | None = None
+        self._response_epoch = 0  # bumped whenever a response starts or ends
         self._response_create_wanted = False
         self._response_create_id: str | None = None
         self._response_create_failures = 0
@@ -274,7 +317,9 @@ class CallLedger:
             return self._retry_or_give_up(call, IncompleteReason.REJECTED_BY_SERVER, now)
         self._move(call, CallState.OUTPUT_SENT)
         self._responses[call.response_key].outputs_pending = True
-        return self._after_change(call.response_key)
+        assert call.event_id is not None
+        deadline = StartTimer(AckDeadline(call_id, call.event_id), self.ack_timeout)
+        return [deadline, *self._after_change(call.response_key)]
 
     def send_failed(
         self, call_id: str, error: BaseException, *, connection_open: bool, now: float
@@ -287,14 +332,32 @@ class CallLedger:
             return self._incomplete(call, IncompleteReason.CONNECTION_LOST, now)
         return self._retry_or_give_up(call, IncompleteReason.RETRIES_EXHAUSTED, now)
 
-    def retry_due(self, call_id: str | None) -> list[Action]:
-        if call_id is None:
-            self._response_create_wanted = True
-            return self._flush_response_create()
-        call = self._open.get(call_id)
-        if call is None or call.state is not CallState.OUTPUT_READY:
-            return []  # acknowledged late, or settled, while we waited
-        return [self._attempt(call)]
+    def timer_due(self, key: TimerKey, now: float) -> list[Action]:
+        match key:
+            case RetrySend(call_id=call_id):
+                call = self._open.get(call_id)
+                if call is None or call.state is not CallState.OUTPUT_READY:
+                    return []  # acknowledged late, or settled, while we waited
+                return [self._attempt(call)]
+            case RetryResponseCreate():
+                self._response_create_wanted = True
+                return self._flush_response_create()
+            case AckDeadline(call_id=call_id, event_id=event_id):
+                call = self._open.get(call_id)
+                if (
+                    call is None
+                    or call.state is not CallState.OUTPUT_SENT
+                    or call.event_id != event_id
+                ):
+                    return []
+                # Resending could give the model two outputs if only the ack was lost.
+                return self._incomplete(call, IncompleteReason.UNACKNOWLEDGED, now)
+            case ResponseDeadline(epoch=epoch):
+                if epoch != self._response_epoch or not self._server_responding:
+                    return []
+                response_id = self._active_response
+                return [ResponseEndAssumed(response_id), *self.response_done(response_id)]
+        return []
 
     def acknowledged(self, call_id: str, now: float) -> list[Action]:
         call = self._open.get(call_id)
@@ -328,11 +391,14 @@ class CallLedger:
 
     # --- what happened to the model's responses ------------------------------------------
 
-    def response_created(self) -> None:
-        self._server_responding = True
+    def response_created(self, response_id: str | None) -> list[Action]:
+        self._active_response = response_id
+        return [self._expect_response_end()]
 
     def response_done(self, response_id: str | None) -> list[Action]:
         self._server_responding = False
+        self._active_response = None
+        self._response_epoch += 1
         group = self._responses.get(response_id) if response_id else None
         if group is not None:
             group.done = True
@@ -355,7 +421,8 @@ class CallLedger:
         if self._response_create_failures >= self.retry.max_attempts:
             self._response_create_failures = 0
             return []
-        return [RetryLater(None, self.retry.backoff(self._response_create_failures))]
+        delay = self.retry.backoff(self._response_create_failures)
+        return [StartTimer(RetryResponseCreate(), delay)]
 
     # --- internals ------------------------------------------------------------------------
 
@@ -382,7 +449,7 @@ class CallLedger:
             return self._incomplete(call, reason, now)
         if call.state is CallState.OUTPUT_SENT:
             self._move(call, CallState.OUTPUT_READY)
-        return [RetryLater(call.call_id, self.retry.backoff(call.send_attempts))]
+        return [StartTimer(RetrySend(call.call_id), self.retry.backoff(call.send_attempts))]
 
     def _incomplete(self, call: Call, reason: IncompleteReason, now: float) -> list[Action]:
         actions = self._settle(call, CallState.INCOMPLETE, reason, now)
@@ -418,9 +485,15 @@ class CallLedger:
         self._response_create_wanted = False
         # The server starts a response as soon as it reads this: hold further requests until
         # its response.done, or the server answers "conversation already has an active response".
-        self._server_responding = True
+        self._active_response = None
         self._response_create_id = next(self._event_ids)
-        return [SendResponseCreate(self._response_create_id)]
+        return [SendResponseCreate(self._response_create_id), self._expect_response_end()]
+
+    def _expect_response_end(self) -> StartTimer:
+        """A response is in progress; a lost response.done must not block us for good."""
+        self._server_responding = True
+        self._response_epoch += 1
+        return StartTimer(ResponseDeadline(self._response_epoch), self.response_timeout)
 
     def _response_create_refused(self, error: BaseException) -> list[Action]:
         self._response_create_id = None

@@ -47,6 +47,7 @@ from ._events import (
 )
 from ._failures import FailureOutput, ToolFailure, default_failure_output
 from ._ledger import (
+    AckDeadline,
     Action,
     Call,
     CallLedger,
@@ -54,10 +55,13 @@ from ._ledger import (
     CallState,
     IncompleteReason,
     Outcome,
-    RetryLater,
+    ResponseEndAssumed,
     RetryPolicy,
+    RetrySend,
     SendOutput,
     SendResponseCreate,
+    StartTimer,
+    TimerKey,
     ToolOutput,
 )
 from ._tools import FunctionTool, serialize_result
@@ -89,6 +93,8 @@ class SessionConfig:
     failure_output: FailureOutput = default_failure_output
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     close_timeout: float = 5.0
+    ack_timeout: float = 10.0
+    response_timeout: float = 60.0
     max_argument_bytes: int = 1_000_000
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     remember_settled_calls: int = 10_000
@@ -136,6 +142,8 @@ class RealtimeSession:
             self.config.retry,
             event_ids=self._event_ids,
             remember_settled=self.config.remember_settled_calls,
+            ack_timeout=self.config.ack_timeout,
+            response_timeout=self.config.response_timeout,
         )
         self._telemetry: SessionTelemetry = (telemetry or Telemetry.default()).session(self)
         self._events: asyncio.Queue[Any] = asyncio.Queue()
@@ -321,8 +329,8 @@ class RealtimeSession:
                 self._telemetry.response_finished(response_id)
                 self._start(self.ledger.response_done(response_id))
             case protocol.ResponseCreated(response_id=response_id):
-                self.ledger.response_created()
                 self._telemetry.response_started(response_id)
+                self._start(self.ledger.response_created(response_id))
             case protocol.FunctionOutputConfirmed(call_id=call_id):
                 self._start(self.ledger.acknowledged(call_id, now))
             case protocol.ServerError(code=code, message=message, client_event_id=event_id):
@@ -453,24 +461,27 @@ class RealtimeSession:
                     await self._send_output(action)
                 case SendResponseCreate(event_id=event_id):
                     await self._send_response_create(event_id)
-                case RetryLater(call_id=call_id, delay=delay):
-                    self._schedule_retry(call_id, delay)
-                case CallSettled(call=call):
-                    self._settled(call)
+                case _:
+                    self._execute_now(action)
 
     def _start(self, actions: list[Action]) -> None:
-        """Carry out actions from the receive loop without blocking it on I/O."""
-        if all(isinstance(a, CallSettled | RetryLater) for a in actions):
-            for action in actions:  # no I/O: do it now, in order
-                self._execute_now(action)
-        else:
+        """Carry out actions from the receive loop or a timer without blocking on I/O."""
+        if any(isinstance(a, SendOutput | SendResponseCreate) for a in actions):
             self._spawn(self._execute(actions))
+        else:
+            for action in actions:
+                self._execute_now(action)
 
     def _execute_now(self, action: Action) -> None:
-        if isinstance(action, CallSettled):
-            self._settled(action.call)
-        elif isinstance(action, RetryLater):
-            self._schedule_retry(action.call_id, action.delay)
+        match action:
+            case StartTimer(key=key, delay=delay):
+                self._start_timer(key, delay)
+            case CallSettled(call=call):
+                self._settled(call)
+            case ResponseEndAssumed(response_id=response_id):
+                logger.warning("no response.done for %s in time; carrying on", response_id)
+                self._telemetry.protocol_error("response_timeout")
+                self._telemetry.response_finished(response_id)
 
     async def _send_output(self, action: SendOutput) -> None:
         call, attempt = action.call, action.call.send_attempts
@@ -487,7 +498,9 @@ class RealtimeSession:
             actions = self.ledger.send_failed(
                 call.call_id, exc, connection_open=connection_open, now=time.monotonic()
             )
-            will_retry = any(isinstance(a, RetryLater) for a in actions)
+            will_retry = any(
+                isinstance(a, StartTimer) and isinstance(a.key, RetrySend) for a in actions
+            )
             self._telemetry.send_attempt(call, attempt, started_ns, exc, will_retry=will_retry)
             logger.warning(
                 "sending the output of call %s failed (attempt %d): %r", call.call_id, attempt, exc
@@ -510,19 +523,29 @@ class RealtimeSession:
         else:
             self.ledger.response_create_sent()
 
-    def _schedule_retry(self, call_id: str | None, delay: float) -> None:
-        call = self.ledger.get(call_id) if call_id else None
-        if call is not None:
+    def _start_timer(self, key: TimerKey, delay: float) -> None:
+        call = self.ledger.get(key.call_id) if isinstance(key, RetrySend | AckDeadline) else None
+        if call is not None and isinstance(key, RetrySend):
             self._telemetry.retry_scheduled(call, delay)
 
         def due() -> None:
-            self._timers.discard(timer)
-            self._spawn(self._execute(self.ledger.retry_due(call_id)))
+            self._timers.discard(handle)
+            self._start(self.ledger.timer_due(key, time.monotonic()))
 
-        timer = asyncio.get_running_loop().call_later(delay, due)
-        self._timers.add(timer)
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(handle)
+        if call is not None:  # a call has one timer at a time; drop it when the call settles
+            self._cancel_timer(call)
+            call.annotations["timer"] = handle
+
+    def _cancel_timer(self, call: Call) -> None:
+        handle = call.annotations.pop("timer", None)
+        if handle is not None:
+            handle.cancel()
+            self._timers.discard(handle)
 
     def _settled(self, call: Call) -> None:
+        self._cancel_timer(call)
         self._telemetry.call_settled(call)
         output = call.output
         if call.state is CallState.ACKNOWLEDGED:

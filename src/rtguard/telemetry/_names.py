@@ -126,5 +126,6 @@ PROTOCOL_ERROR_KINDS = (
     "missing_type",
     "invalid_field",
     "server_error",
+    "response_timeout",
 )
 SEND_RESULTS = ("sent", "failed")

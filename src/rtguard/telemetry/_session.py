@@ -49,6 +49,7 @@ _INCOMPLETE_ERROR_TYPES = {
     IncompleteReason.REJECTED_BY_SERVER: n.ERROR_OUTPUT_SEND_FAILED,
     IncompleteReason.CONNECTION_LOST: IncompleteReason.CONNECTION_LOST.value,
     IncompleteReason.SESSION_CLOSED: IncompleteReason.SESSION_CLOSED.value,
+    IncompleteReason.UNACKNOWLEDGED: IncompleteReason.UNACKNOWLEDGED.value,
 }
 _OPEN_RESPONSE_SPANS = 64
 _RECENT_RESPONSES = 256
