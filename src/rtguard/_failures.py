@@ -8,13 +8,21 @@ redacted, because exception messages often quote request headers or URLs.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._ledger import Outcome
 
-__all__ = ["FailureOutput", "ToolFailure", "default_failure_output", "redact"]
+__all__ = [
+    "FailureOutput",
+    "ToolFailure",
+    "default_failure_output",
+    "redact",
+    "redacting_logger",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +67,15 @@ def default_failure_output(failure: ToolFailure) -> str:
             )
         case _:
             return f"Error: tool {name!r} failed with {type(error).__name__}: {message}"
+
+
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self.logger.log(level, "%s", redact(text), **kwargs)
+
+
+def redacting_logger(name: str) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger for websockets, which logs handshake headers (Authorization) at DEBUG."""
+    return _RedactingLogger(logging.getLogger(name), {})

@@ -45,7 +45,7 @@ from ._events import (
     ToolFailed,
     ToolSucceeded,
 )
-from ._failures import FailureOutput, ToolFailure, default_failure_output
+from ._failures import FailureOutput, ToolFailure, default_failure_output, redact
 from ._ledger import (
     AckDeadline,
     Action,
@@ -315,7 +315,7 @@ class RealtimeSession:
                     logger.exception("error while handling a %s event", event.type)
         except ConnectionLostError as exc:
             if self._closing is None:
-                logger.warning("realtime connection lost: %s", exc)
+                logger.warning("realtime connection lost: %s", redact(str(exc)))
                 self._closing = asyncio.create_task(self._shutdown(exc), name="rtguard-lost")
 
     async def _dispatch(self, event: protocol.ServerEvent) -> None:
@@ -335,7 +335,7 @@ class RealtimeSession:
                 self._start(self.ledger.acknowledged(call_id, now))
             case protocol.ServerError(code=code, message=message, client_event_id=event_id):
                 self._telemetry.server_error(code)
-                logger.warning("server error %s: %s (for %s)", code, message, event_id)
+                logger.warning("server error %s: %s (for %s)", code, redact(message), event_id)
                 error = ServerRejectedError(code, message)
                 self._start(self.ledger.server_error(event_id, error, now))
             case protocol.SessionInfo(session_id=session_id) if session_id:
@@ -503,7 +503,10 @@ class RealtimeSession:
             )
             self._telemetry.send_attempt(call, attempt, started_ns, exc, will_retry=will_retry)
             logger.warning(
-                "sending the output of call %s failed (attempt %d): %r", call.call_id, attempt, exc
+                "sending the output of call %s failed (attempt %d): %s",
+                call.call_id,
+                attempt,
+                redact(repr(exc)),
             )
             self._emit(OutputSendFailed(call.call_id, call.tool_name, attempt, exc, will_retry))
         else:
@@ -517,7 +520,7 @@ class RealtimeSession:
         try:
             await self._transport.send(protocol.encode(protocol.build_response_create(event_id)))
         except Exception as exc:
-            logger.warning("sending response.create failed: %r", exc)
+            logger.warning("sending response.create failed: %s", redact(repr(exc)))
             self._telemetry.swallowed("response_create", exc)
             await self._execute(self.ledger.response_create_failed())
         else:

@@ -15,6 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ._errors import ConnectionLostError
+from ._failures import redacting_logger
 
 __all__ = ["Transport", "WebSocketTransport"]
 
@@ -55,6 +56,7 @@ class WebSocketTransport:
                 max_size=max_frame_bytes,
                 open_timeout=open_timeout,
                 compression=None,
+                logger=redacting_logger("websockets.client"),
             )
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             # Not `raise ... from exc`'s message: handshake errors can echo request headers.

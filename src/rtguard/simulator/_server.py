@@ -18,6 +18,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from .._failures import redacting_logger
 from ._scenario import CallSpec, Scenario
 
 __all__ = ["CallRecord", "Simulator"]
@@ -79,7 +80,12 @@ class Simulator:
 
     async def start(self) -> None:
         self._server = await serve(
-            self._handle, self._host, self._port, max_size=64 * 1024 * 1024, compression=None
+            self._handle,
+            self._host,
+            self._port,
+            max_size=64 * 1024 * 1024,
+            compression=None,
+            logger=redacting_logger("websockets.server"),
         )
 
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from opentelemetry.trace import (
     TracerProvider,
 )
 
+from .._failures import redact
 from .._ledger import Call, CallState, IncompleteReason, Outcome, ToolOutput
 from .._version import __version__
 from . import _names as n
@@ -55,6 +57,7 @@ _OPEN_RESPONSE_SPANS = 64
 _RECENT_RESPONSES = 256
 _MAX_TOOL_NAME_CHARS = 64
 _REFRESH_SECONDS = 1.0
+_MAX_STATUS_CHARS = 200
 
 
 class Telemetry:
@@ -309,10 +312,16 @@ class SessionTelemetry:
 
 
 def _fail(span: Span, error_type: str, error: BaseException | None) -> None:
+    """Mark a span failed; exception text passes the same redaction as model-visible text."""
     span.set_attribute(n.ERROR_TYPE, error_type)
-    span.set_status(Status(StatusCode.ERROR, str(error)[:200] if error is not None else error_type))
+    message = redact(str(error))[:_MAX_STATUS_CHARS] if error is not None else error_type
+    span.set_status(Status(StatusCode.ERROR, message))
     if error is not None:
-        span.record_exception(error)
+        stacktrace = "".join(traceback.format_exception(error))
+        span.record_exception(
+            error,
+            attributes={"exception.message": message, "exception.stacktrace": redact(stacktrace)},
+        )
 
 
 def _fail_call(call: Call, error_type: str, error: BaseException | None) -> None:
