@@ -22,7 +22,7 @@ from rtguard import (
     Transport,
     WebSocketTransport,
 )
-from rtguard.simulator import Scenario, Simulator
+from rtguard.simulator import FaultProxy, FrameFault, Scenario, Simulator
 from rtguard.telemetry import RtguardMetrics, Telemetry
 
 TransportWrapper = Callable[[Transport], Transport]
@@ -36,6 +36,9 @@ class Run:
     raised: list[BaseException] = field(default_factory=list)
     spans: list[ReadableSpan] = field(default_factory=list)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    loop_errors: list[dict[str, Any]] = field(default_factory=list)
+    leftover_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    proxy: FaultProxy | None = None
 
     def of_type(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -64,18 +67,26 @@ async def run_scenario(
     done: Callable[[Run], bool] | None = None,
     on_event: Callable[[Run, SessionEvent], Awaitable[None] | None] | None = None,
     timeout: float = 10.0,
+    frame_faults: list[FrameFault] | None = None,
 ) -> Run:
-    """Run ``agent`` against ``scenario`` until every call is answered (or ``done``), then close."""
+    """Run ``agent`` against ``scenario`` until every call is answered (or ``done``), then close.
+
+    With ``frame_faults``, a FaultProxy sits between the session and the simulator.
+    """
     registry = CollectorRegistry()
     telemetry, exporter = make_telemetry(registry)
-    async with Simulator(scenario) as sim:
-        transport: Transport = await WebSocketTransport.connect(sim.url, {})
+    loop = asyncio.get_running_loop()
+    loop_errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+    async with Simulator(scenario) as sim, FaultProxy(sim.url, frame_faults) as proxy:
+        url = proxy.url if frame_faults is not None else sim.url
+        transport: Transport = await WebSocketTransport.connect(url, {})
         if wrap is not None:
             transport = wrap(transport)
         session = RealtimeSession(
             agent, url=sim.url, config=config, transport=transport, telemetry=telemetry
         )
-        run = Run(sim, session, registry=registry)
+        run = Run(sim, session, registry=registry, loop_errors=loop_errors, proxy=proxy)
         finished = done or (
             lambda r: (
                 not r.sim.unanswered()
@@ -103,7 +114,14 @@ async def run_scenario(
                 while not finished(run):
                     await asyncio.sleep(0.005)
         await asyncio.wait_for(consumer, timeout)
+        await asyncio.sleep(0)  # let cancelled tasks finish unwinding
+        run.leftover_tasks = [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and "RealtimeSession" in repr(t.get_coro())
+        ]
     run.spans = list(exporter.get_finished_spans())
+    loop.set_exception_handler(None)
     return run
 
 
