@@ -343,11 +343,10 @@ class RealtimeSession:
                 self._telemetry.session_identified(session_id)
 
     async def _accept(self, function_call: protocol.FunctionCall) -> None:
-        if self._closing is not None:
-            return
         call = self.ledger.receive(function_call, time.monotonic())
         if call is None:
             return  # a call_id we already have: the tool runs once
+        self._settled_all.clear()
         self._telemetry.call_received(call, self._agent, self._agent.find(call.tool_name))
         if self.config.async_tool_calls:
             self._spawn(self._run_call(call))
@@ -372,6 +371,9 @@ class RealtimeSession:
 
     async def _produce_output(self, call: Call) -> tuple[ToolOutput, Agent | None]:
         """The one place a call's result, or its failure, becomes a ToolOutput."""
+        if self._closing is not None:  # still answer, so the model is not left waiting
+            closing = SessionClosedError("the session is closing; the tool was not run")
+            return self._failed(call, Outcome.ERROR, closing), None
         target = self._agent.find(call.tool_name)
         if target is None:
             return self._failed(call, Outcome.UNKNOWN_TOOL, UnknownToolError(call.tool_name)), None
@@ -575,8 +577,6 @@ class RealtimeSession:
                 self._closing = asyncio.create_task(self._shutdown(None), name="rtguard-close")
         if self.ledger.open_count == 0:
             self._settled_all.set()
-        else:
-            self._settled_all.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

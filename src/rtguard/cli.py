@@ -95,6 +95,8 @@ async def _demo(scenario: Scenario) -> int:
         await consumer
     elapsed = time.monotonic() - started
     print(file=sys.stderr)
+    if stop.is_set():
+        print(f"interrupted: {len(sim.calls)} of {total} calls were issued", file=sys.stderr)
     _summary(outcomes, incomplete, latencies, send_failures, elapsed, sim.violations())
     return 1 if incomplete else 0
 
