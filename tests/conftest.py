@@ -80,7 +80,8 @@ async def run_scenario(
     loop.set_exception_handler(lambda _, context: loop_errors.append(context))
     async with Simulator(scenario) as sim, FaultProxy(sim.url, frame_faults) as proxy:
         url = proxy.url if frame_faults is not None else sim.url
-        transport: Transport = await WebSocketTransport.connect(url, {})
+        limit = (config or SessionConfig()).max_frame_bytes
+        transport: Transport = await WebSocketTransport.connect(url, {}, max_frame_bytes=limit)
         if wrap is not None:
             transport = wrap(transport)
         session = RealtimeSession(

@@ -297,3 +297,29 @@ async def test_thousand_calls_random_mix_lose_nothing() -> None:
         > 0
     )
     assert run.session.ledger.open_count == 0
+
+
+async def test_oversized_arguments_get_a_clear_failure_output() -> None:
+    huge = '{"key": "' + "k" * 5000 + '"}'
+    config = SessionConfig(max_argument_bytes=1000)
+    run = await run_scenario(Scenario(calls=(CallSpec("lookup", huge),)), agent, config=config)
+    run.sim.assert_invariant()
+    (call,) = run.sim.calls.values()
+    assert "arguments are 5011 bytes; the limit is 1000" in call.outputs[0]
+
+
+async def test_a_frame_over_the_limit_closes_the_connection_and_is_accounted_for() -> None:
+    huge = '{"key": "' + "k" * 50_000 + '"}'
+    scenario = Scenario(calls=(CallSpec("crawl"), CallSpec("lookup", huge)), rate=20)
+    config = SessionConfig(max_frame_bytes=10_000)
+    run = await run_scenario(
+        scenario,
+        agent,
+        config=config,
+        done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
+    )
+    (closed,) = run.of_type(SessionClosed)
+    assert closed.reason == "connection_lost"
+    (incomplete,) = run.of_type(CallIncomplete)
+    assert incomplete.tool_name == "crawl"
+    assert incomplete.reason is IncompleteReason.CONNECTION_LOST
