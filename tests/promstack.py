@@ -217,7 +217,7 @@ class Stack:
         target = self.scrapes() + count
         wait_until(lambda: self.scrapes() >= target, timeout, f"{count} scrapes", 0.1)
 
-    def wait_for_target_up(self, timeout: float = 10.0) -> None:
+    def wait_for_target_up(self, timeout: float = 20.0) -> None:
         def up() -> bool:
             return any(r["value"][1] == "1" for r in self.query('up{job="rtguard"}'))
 
