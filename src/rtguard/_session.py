@@ -55,6 +55,7 @@ from ._ledger import (
     CallState,
     IncompleteReason,
     Outcome,
+    ResponseDeadline,
     ResponseEndAssumed,
     RetryPolicy,
     RetrySend,
@@ -149,6 +150,7 @@ class RealtimeSession:
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._response_timer: asyncio.TimerHandle | None = None
         self._approvals: dict[str, asyncio.Future[str | None]] = {}
         self._receiver: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -539,9 +541,16 @@ class RealtimeSession:
 
         handle = asyncio.get_running_loop().call_later(delay, due)
         self._timers.add(handle)
-        if call is not None:  # a call has one timer at a time; drop it when the call settles
+        # One timer per call, one for the response in progress: a newer one replaces the older,
+        # so a long session does not pile up a deadline per response or per output.
+        if call is not None:
             self._cancel_timer(call)
             call.annotations["timer"] = handle
+        elif isinstance(key, ResponseDeadline):
+            if self._response_timer is not None:
+                self._response_timer.cancel()
+                self._timers.discard(self._response_timer)
+            self._response_timer = handle
 
     def _cancel_timer(self, call: Call) -> None:
         handle = call.annotations.pop("timer", None)
