@@ -1,0 +1,641 @@
+"""docs/benchmarks.md from the results of one run: machine and versions, the targets and how
+far each one is, then every table. Nothing here is typed in by hand: every figure comes from
+the run's measurements."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+from .completion import CASES, CompletionResult
+from .latency import LatencyResult
+from .memory import MemoryResult
+from .profiles import ProfileResult
+from .telemetry_cost import KINDS, TelemetryResult
+from .throughput import CLIENT_LABELS, ThroughputResult
+
+__all__ = ["Environment", "Results", "environment", "render"]
+
+PACKAGES = (
+    "rtguard",
+    "openai-agents",
+    "openai",
+    "websockets",
+    "pydantic",
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-otlp-proto-grpc",
+    "grpcio",
+    "prometheus-client",
+    "pyinstrument",
+    "psutil",
+)
+
+
+@dataclass(frozen=True)
+class Environment:
+    cpu: str
+    cores: int
+    memory_gib: float
+    system: str
+    python: str
+    commit: str
+    load_before: tuple[float, float, float]
+    versions: dict[str, str]
+
+
+@dataclass
+class Results:
+    command: str
+    quick: bool
+    started: datetime
+    env: Environment
+    duration: float = 0.0
+    throughput: ThroughputResult | None = None
+    latency: LatencyResult | None = None
+    completion: CompletionResult | None = None
+    telemetry: TelemetryResult | None = None
+    memory: MemoryResult | None = None
+    profiles: ProfileResult | None = None
+    log: list[str] = field(default_factory=list)
+
+
+def environment(repo: Path) -> Environment:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    commit = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        commit = f"{head}{' (src/ modified)' if dirty else ''}" if head else commit
+    return Environment(
+        cpu=cpu,
+        cores=os.cpu_count() or 0,
+        memory_gib=psutil.virtual_memory().total / 2**30,
+        system=platform.platform(),
+        python=platform.python_version(),
+        commit=commit,
+        load_before=os.getloadavg(),
+        versions=versions,
+    )
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def _n(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _x(value: float) -> str:
+    return "n/a" if math.isnan(value) or math.isinf(value) else f"{value:.1f}x"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.0%}"
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+
+def targets(r: Results) -> list[Target]:
+    out: list[Target] = []
+    if r.completion is not None:
+        rt = [c for c in r.completion.results if c.client == "rtguard"]
+        sdk = [c for c in r.completion.results if c.client != "rtguard"]
+        rt_ok = all(c.answered == c.issued == c.scenario_calls for c in rt)
+        rt_answered = sum(c.answered for c in rt)
+        rt_total = sum(c.scenario_calls for c in rt)
+        sdk_left = sum(c.unanswered for c in sdk)
+        sdk_never = sum(c.never_issued for c in sdk)
+        out.append(
+            Target(
+                "Completion: 100% of calls get an output in every failure scenario",
+                f"rtguard {rt_answered}/{rt_total} calls answered in {len(rt)} scenarios; "
+                f"openai-agents left {sdk_left} issued calls without output and {sdk_never} "
+                "more were never issued because the session had closed",
+                rt_ok,
+            )
+        )
+    tp = r.throughput
+    if tp is not None:
+        size = 4_000 if 4_000 in tp.sizes else tp.sizes[-1]
+        on, sdk_m = tp.median("rtguard-on", size), tp.median("sdk", size)
+        if on and sdk_m:
+            ratio = _div(on.calls_per_second, sdk_m.calls_per_second)
+            out.append(
+                Target(
+                    f"Throughput, spans + metrics on: at least 10x the SDK's calls/s at "
+                    f"{size:,} calls",
+                    f"{_x(ratio)} ({_n(on.calls_per_second)} vs {_n(sdk_m.calls_per_second)} "
+                    f"calls/s; CPU per call {_x(_div(sdk_m.cpu_us_per_call, on.cpu_us_per_call))}"
+                    " less)"
+                    + (
+                        f"; the SDK ran only {sdk_m.requested:,} calls"
+                        if sdk_m.requested < size
+                        else ""
+                    ),
+                    ratio >= 10,
+                )
+            )
+        rates = [(s, tp.median("rtguard-on", s)) for s in tp.sizes]
+        values = [(s, m.calls_per_second) for s, m in rates if m]
+        if len(values) > 1:
+            low = min(values, key=lambda v: v[1])
+            high = max(values, key=lambda v: v[1])
+            out.append(
+                Target(
+                    f"Throughput, spans + metrics on: within 10% of itself from "
+                    f"{tp.sizes[0]:,} to {tp.sizes[-1]:,} calls",
+                    f"lowest {_n(low[1])} calls/s at {low[0]:,}, highest {_n(high[1])} at "
+                    f"{high[0]:,}: the lowest is {_pct(1 - low[1] / high[1])} below the highest",
+                    low[1] >= 0.9 * high[1],
+                )
+            )
+        raw = [tp.median("raw", s) for s in tp.sizes]
+        ons = [tp.median("rtguard-on", s) for s in tp.sizes]
+        offs = [tp.median("rtguard-off", s) for s in tp.sizes]
+        if all(raw) and all(ons) and all(offs):
+            headroom = min(
+                _div(a.calls_per_second, b.calls_per_second)
+                for a, b in zip(raw, ons, strict=True)
+                if a and b
+            )
+            sim_busy_on = max(m.sim_busy for m in ons if m)
+            sim_busy_off = max(m.sim_busy for m in offs if m)
+            out.append(
+                Target(
+                    "The simulator is not the bottleneck (its ceiling: a raw WebSocket client)",
+                    f"raw client at least {_x(headroom)} rtguard's calls/s (spans + metrics) at "
+                    f"every N; simulator CPU at most {_pct(sim_busy_on)} of a core during "
+                    f"those runs ({_pct(sim_busy_off)} with rtguard's telemetry off)",
+                    headroom > 1.1 and sim_busy_on < 0.9,
+                )
+            )
+    if r.latency is not None:
+        on = r.latency.runs.get("rtguard-on")
+        sdk_l = r.latency.runs.get("sdk")
+        if on and sdk_l:
+            out.append(
+                Target(
+                    f"p99 latency at {r.latency.rate:.0f} calls/s under 5 ms and at most half "
+                    "the SDK's",
+                    f"rtguard (spans + metrics) p99 {on.p99_ms:.2f} ms; SDK p99 "
+                    f"{sdk_l.p99_ms:.2f} ms (ratio {_div(on.p99_ms, sdk_l.p99_ms):.2f})",
+                    on.p99_ms < 5 and on.p99_ms <= sdk_l.p99_ms / 2,
+                )
+            )
+    if r.telemetry is not None:
+        off, full = r.telemetry.median("off"), r.telemetry.median("spans+metrics")
+        otlp = r.telemetry.median("otlp")
+        if off and full:
+            cost = 1 - full.calls_per_second / off.calls_per_second
+            extra = ""
+            if otlp:
+                extra = (
+                    f"; with OTLP export {_pct(1 - otlp.calls_per_second / off.calls_per_second)}"
+                )
+            out.append(
+                Target(
+                    "Telemetry on costs under 10% throughput",
+                    f"spans + metrics cost {_pct(cost)} of calls/s ({_n(full.cpu_us_per_call)} "
+                    f"vs {_n(off.cpu_us_per_call)} us CPU per call){extra}",
+                    cost < 0.10,
+                )
+            )
+    if r.memory is not None and r.memory.runs:
+        m = r.memory.runs[0]
+        flat = m.objects_per_call < 0.01 and m.rss_bytes_per_call < 100
+        out.append(
+            Target(
+                f"Memory flat over {m.calls:,} calls",
+                f"{m.client}: peak RSS {m.peak_rss_bytes / 2**20:.0f} MiB; over the second half "
+                f"RSS grows {_n(m.rss_bytes_per_call)} B/call and live objects "
+                f"{m.objects_per_call:.2f}/call",
+                flat,
+            )
+        )
+    return out
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def _header(r: Results) -> list[str]:
+    e = r.env
+    mode = " (quick: small N, not the published figures)" if r.quick else ""
+    lines = [
+        "# Benchmarks: rtguard and the OpenAI Agents SDK's realtime session",
+        "",
+        f"Generated by `{r.command}` on {r.started:%Y-%m-%d %H:%M} UTC{mode}; the run took "
+        f"{r.duration / 60:.1f} min. Do not edit by hand: rerun the command.",
+        "",
+        "Both clients talk to the same rtguard simulator (`rtguard.simulator`, a real WebSocket "
+        "server on 127.0.0.1) in the same run. Figures are ratios measured in one run on a "
+        "shared, noisy 2-core machine: compare columns within a table, not with other runs.",
+        "",
+        "## How to run",
+        "",
+        "```sh",
+        "make bench                             # = .venv/bin/python -m benchmarks",
+        ".venv/bin/python -m benchmarks --quick  # small N, a smoke run (under a minute)",
+        ".venv/bin/python -m benchmarks --only throughput   # one benchmark, printed",
+        "```",
+        "",
+        "Needs the `bench` extra (`pip install -e '.[bench,dev]'`: openai-agents, psutil, "
+        "pyinstrument; grpcio and opentelemetry-proto for the OTLP receiver). The benchmarks "
+        "are not part of the test suite. `--only NAME` (throughput, latency, completion, "
+        "telemetry, memory, profile) and `--quick` print their tables instead of rewriting "
+        "this file (`--output PATH` writes them anywhere).",
+        "",
+        "## Machine and versions",
+        "",
+    ]
+    rows = [
+        ["CPU", f"{e.cpu}, {e.cores} cores"],
+        ["memory", f"{e.memory_gib:.1f} GiB"],
+        ["system", e.system],
+        ["Python", e.python],
+        ["rtguard commit", e.commit],
+        ["load average before the run", ", ".join(f"{v:.2f}" for v in e.load_before)],
+    ]
+    rows += [[name, version] for name, version in e.versions.items()]
+    return lines + _table(["", ""], rows)
+
+
+def _targets(r: Results) -> list[str]:
+    lines = ["## Targets", ""]
+    rows = []
+    for t in targets(r):
+        verdict = "not measured" if t.met is None else ("**met**" if t.met else "**missed**")
+        rows.append([t.name, t.measured, verdict])
+    return lines + _table(["target", "measured in this run", ""], rows)
+
+
+def _throughput(tp: ThroughputResult) -> list[str]:
+    lines = [
+        "## Throughput",
+        "",
+        "N trivial calls (`echo`), one call per model response, issued as fast as the client "
+        "keeps up: the simulator keeps at most 32 calls without output. calls/s = calls "
+        "answered / (last output - first call issued), on the simulator's clock; median of "
+        "the repeats "
+        + ", ".join(
+            f"{s:,}: {1 if len(tp.runs.get(('raw', s), [])) < 2 else len(tp.runs[('raw', s)])}"
+            for s in tp.sizes
+        )
+        + " runs, interleaved across clients. Each process runs on its own: the simulator in "
+        "one, the client in another.",
+        "",
+    ]
+    header = [
+        "N",
+        *[CLIENT_LABELS[k] for k in CLIENT_LABELS],
+        "rtguard on / SDK",
+        "rtguard on / raw",
+    ]
+    rows = []
+    for size in tp.sizes:
+        cells = [f"{size:,}"]
+        medians = {k: tp.median(k, size) for k in CLIENT_LABELS}
+        for kind, m in medians.items():
+            if m is None:
+                cells.append("n/a")
+                continue
+            text = _n(m.calls_per_second)
+            if kind == "sdk" and m.requested < size:
+                text += f" (capped at {m.requested:,} calls)"
+            spread = tp.spread(kind, size)
+            if spread >= 0.2:
+                text += f" (runs spread {spread:.0%})"
+            cells.append(text)
+        on, sdk, raw = medians["rtguard-on"], medians["sdk"], medians["raw"]
+        cells.append(_x(_div(on.calls_per_second, sdk.calls_per_second)) if on and sdk else "n/a")
+        cells.append(_x(_div(on.calls_per_second, raw.calls_per_second)) if on and raw else "n/a")
+        rows.append(cells)
+    lines += _table(header, rows)
+    lines += [
+        "CPU time of the client process per call (all its threads, including the span export "
+        "thread), and how busy each process was (CPU seconds per wall second, 100% = one core). "
+        "A client near 100% is the bottleneck; a simulator near 100% means the simulator is.",
+        "",
+    ]
+    header = ["N", *[f"{CLIENT_LABELS[k]}: us/call (client / sim busy)" for k in CLIENT_LABELS]]
+    rows = []
+    for size in tp.sizes:
+        cells = [f"{size:,}"]
+        for kind in CLIENT_LABELS:
+            m = tp.median(kind, size)
+            cells.append(
+                "n/a"
+                if m is None
+                else f"{_n(m.cpu_us_per_call)} ({_pct(m.client_busy)} / {_pct(m.sim_busy)})"
+            )
+        rows.append(cells)
+    lines += _table(header, rows)
+    issues = []
+    for (kind, size), runs in sorted(tp.runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for m in runs:
+            if m.answered != m.requested or m.duplicated:
+                issues.append(
+                    f"{CLIENT_LABELS[kind]} at {size:,}: {m.answered}/{m.requested} answered, "
+                    f"{m.duplicated} with two outputs"
+                )
+    sdk_big = [m for (k, s), runs in tp.runs.items() if k == "sdk" for m in runs if m.requested < s]
+    if sdk_big:
+        lines += [
+            f"The SDK runs at most {tp.sdk_cap:,} calls: its cost per call grows with the "
+            "session (its CPU per call above, and the profile below), so 100,000 calls would "
+            "take hours. Its row for larger N is its rate at the cap, which flatters it.",
+            "",
+        ]
+    if issues:
+        lines += ["Runs where not every call got exactly one output: " + "; ".join(issues), ""]
+    responses = []
+    for kind in CLIENT_LABELS:
+        m = tp.median(kind, tp.sizes[-1])
+        if m:
+            responses.append(
+                f"{CLIENT_LABELS[kind]} {m.response_creates / max(1, m.answered):.2f} "
+                f"response.create per call ({m.refused_response_creates} refused), "
+                f"{m.server_errors} server `error` events"
+            )
+    lines += [f"Protocol work at N = {tp.sizes[-1]:,}: " + "; ".join(responses) + ".", ""]
+    return lines
+
+
+def _latency(lat: LatencyResult) -> list[str]:
+    lines = [
+        "## Latency",
+        "",
+        f"{lat.calls:,} calls issued at a fixed {lat.rate:.0f} calls/s (open loop, one call "
+        "per response). Latency: from the simulator issuing a call (before its frames are "
+        "sent) to the simulator receiving its output.",
+        "",
+    ]
+    rows = []
+    for kind, m in lat.runs.items():
+        rows.append(
+            [
+                CLIENT_LABELS[kind],
+                f"{m.p50_ms:.2f}",
+                f"{m.p95_ms:.2f}",
+                f"{m.p99_ms:.2f}",
+                f"{m.max_ms:.2f}",
+                f"{m.answered:,}/{m.requested:,}",
+                _pct(m.client_busy),
+            ]
+        )
+    return lines + _table(
+        ["client", "p50 ms", "p95 ms", "p99 ms", "max ms", "answered", "client CPU busy"], rows
+    )
+
+
+def _completion(comp: CompletionResult) -> list[str]:
+    lines = [
+        "## Failure completion",
+        "",
+        "Each scenario: 20 calls at 100 calls/s, alternating `echo` with the failing call (10 "
+        "failing calls); in the send-failure scenario every call is an `echo` whose first "
+        "`function_call_output` send raises (a transport wrapper for rtguard, a wrapper "
+        "around the SDK's websockets connection). Both libraries get the same tools under the "
+        "same names. *answered*: calls the simulator received an output for. *left without "
+        "output*: issued calls that never got one (the model would wait forever). *never "
+        "issued*: the session had closed, so the rest of the scenario never happened. *app "
+        "got the error*: failing calls whose exception reached the app through the library's "
+        "API as an exception object (for a tool, handoff or send failure: the very object "
+        "that was raised).",
+        "",
+    ]
+    by_case = {c.key: c for c in CASES}
+    rows = []
+    for r in comp.results:
+        case = by_case[r.case]
+        note = case.rtguard_note if r.client == "rtguard" else case.sdk_note
+        title = case.title + (f" ({note})" if note else "")
+        got = f"{r.error_objects}/{r.failing_calls}"
+        if r.same_object:
+            got += ", same object"
+        if r.received_twice:
+            got += f", {r.received_twice} twice"
+        how = ", ".join(r.channels) or "no (not through the API)"
+        if r.text_only:
+            how += f"; {r.text_only} text-only error events"
+        rows.append(
+            [
+                title,
+                r.client,
+                f"{r.answered}/{r.issued}",
+                str(r.unanswered),
+                str(r.never_issued),
+                str(r.without_response_create),
+                got,
+                how,
+            ]
+        )
+    return lines + _table(
+        [
+            "scenario",
+            "client",
+            "answered / issued",
+            "left without output",
+            "never issued",
+            "output not followed by response.create",
+            "app got the error",
+            "how",
+        ],
+        rows,
+    )
+
+
+def _telemetry(tel: TelemetryResult) -> list[str]:
+    lines = [
+        "## Telemetry cost",
+        "",
+        f"rtguard, {tel.calls:,} calls closed loop, median of {len(tel.runs.get('off', []))} "
+        "interleaved runs per set-up. *off*: `Telemetry.disabled()`. *spans+metrics*: an SDK "
+        "`TracerProvider` with a `BatchSpanProcessor` (its exporter does no I/O) and "
+        "`RtguardMetrics` in a private registry. *otlp*: the same with the OTLP/gRPC exporter "
+        "to a receiver on 127.0.0.1 in another process (grpcio + opentelemetry-proto's "
+        "`TraceServiceServicer`).",
+        "",
+    ]
+    off = tel.median("off")
+    rows = []
+    for kind in KINDS:
+        m = tel.median(kind)
+        if m is None:
+            continue
+        rel = _pct(_div(m.calls_per_second, off.calls_per_second)) if off else "n/a"
+        rows.append(
+            [
+                kind,
+                _n(m.calls_per_second),
+                rel,
+                _n(m.cpu_us_per_call),
+                f"{m.spans / max(1, m.answered):.1f}",
+                f"{m.p99_ms:.1f}",
+            ]
+        )
+    lines += _table(
+        ["set-up", "calls/s", "of telemetry off", "client us CPU/call", "spans/call", "p99 ms"],
+        rows,
+    )
+    if tel.spans_ended:
+        lines += [
+            f"OTLP: the receiver decoded {tel.spans_received:,} of the {tel.spans_ended:,} spans "
+            f"rtguard ended ({_pct(tel.spans_received / tel.spans_ended)}); the "
+            "BatchSpanProcessor drops spans when its queue (2,048) is full.",
+            "",
+        ]
+    return lines
+
+
+def _memory(mem: MemoryResult) -> list[str]:
+    lines = [
+        "## Memory",
+        "",
+        "The client in a fresh process; RSS sampled every 5% of the calls, live objects "
+        "(`gc.get_objects()` after a collection) at 25/50/75/100%. Growth is the "
+        "least-squares slope over the second half of the run.",
+        "",
+    ]
+    rows = []
+    for m in mem.runs:
+        mib = [f"{m.rss_at(f) / 2**20:.0f}" for f in (0.1, 0.5, 1.0)]
+        objects = [s.objects for s in m.samples if s.objects is not None]
+        rows.append(
+            [
+                m.client,
+                f"{m.answered:,}/{m.calls:,}",
+                " / ".join(mib),
+                f"{m.peak_rss_bytes / 2**20:.0f}",
+                _n(m.rss_bytes_per_call),
+                f"{m.objects_per_call:.2f}",
+                " / ".join(f"{o:,}" for o in objects),
+            ]
+        )
+    return lines + _table(
+        [
+            "client",
+            "answered",
+            "RSS MiB at 10% / 50% / 100%",
+            "peak RSS MiB",
+            "RSS growth B/call",
+            "objects/call",
+            "live objects at 25/50/75/100%",
+        ],
+        rows,
+    )
+
+
+def _profiles(prof: ProfileResult) -> list[str]:
+    lines = [
+        "## Profiles",
+        "",
+        "pyinstrument (1 ms sampling) on the client's event-loop thread during a "
+        "closed-loop run. Shares are of the loop's busy time (time outside the selector wait); "
+        "groups count a function with everything it calls. The profiler slows the client "
+        "down, so the calls/s here are lower than above.",
+        "",
+    ]
+    for run in prof.runs:
+        lines += [
+            f"### {run.client}, {run.calls:,} calls ({_n(run.calls_per_second)} calls/s under "
+            f"the profiler, {run.busy_seconds:.2f} s busy)",
+            "",
+        ]
+        lines += _table(
+            ["group", "share of busy time"],
+            [[g, _pct(v)] for g, v in run.groups.items()],
+        )
+        lines += _table(
+            ["function (own time, top)", "own", "with callees"],
+            [[f"`{e.function}`", _pct(e.self_share), _pct(e.inclusive)] for e in run.entries],
+        )
+    return lines
+
+
+def _method() -> list[str]:
+    return [
+        "## Method and caveats",
+        "",
+        "- Three kinds of process: the simulator (one fresh `Simulator` per run, in a child "
+        "process), the client under test (the benchmark process; for memory, a fresh child), "
+        "and for the OTLP runs the trace receiver. Loopback only.",
+        "- Both libraries run their tools as asyncio tasks (`async_tool_calls`); the app drains "
+        "the event stream and counts one event per call (rtguard: `OutputAcknowledged`, the "
+        "server confirmed the output; the SDK: `tool_end`, emitted after the send).",
+        "- The SDK connects with `RealtimeRunner(agent).run(model_config={'url': ..., "
+        "'api_key': <dummy>})`; its tracing is disabled (`set_tracing_disabled(True)`, "
+        "`tracing_disabled`) so nothing leaves the machine. The simulator accepts everything "
+        "the SDK sends in these runs (`session.update` twice at connect, with the session and "
+        "with `tracing: auto`, then outputs and `response.create`): the counts of server "
+        "`error` events above are measured.",
+        "- The raw client answers each call as soon as its arguments are done and sends "
+        "`response.create` when the server has no response in progress: the same protocol "
+        "work, and nothing else.",
+        "- rtguard's counterpart of the SDK's disabled failure handler is "
+        '`on_tool_error="raise"`: the model still gets a failure output, then the original '
+        "exception is raised from the event iterator (iterate again to continue).",
+        "",
+    ]
+
+
+def render(r: Results) -> str:
+    lines = _header(r) + _targets(r)
+    if r.throughput is not None:
+        lines += _throughput(r.throughput)
+    if r.latency is not None:
+        lines += _latency(r.latency)
+    if r.completion is not None:
+        lines += _completion(r.completion)
+    if r.telemetry is not None:
+        lines += _telemetry(r.telemetry)
+    if r.memory is not None:
+        lines += _memory(r.memory)
+    if r.profiles is not None:
+        lines += _profiles(r.profiles)
+    lines += _method()
+    return "\n".join(lines).rstrip() + "\n"

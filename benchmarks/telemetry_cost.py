@@ -1,0 +1,61 @@
+"""Telemetry cost: rtguard's throughput (closed loop, as in throughput.py) with telemetry off
+(``Telemetry.disabled()``), with spans and metrics on (an SDK TracerProvider with a
+BatchSpanProcessor whose exporter does no I/O, metrics in a private registry), and with OTLP
+export over gRPC to a real receiver on 127.0.0.1 in another process. Repeats interleave the
+three set-ups; the median run of each is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import throughput
+from .clients import BenchClient, RtguardClient, TelemetrySetup, telemetry_setup
+from .otlp import OtlpReceiverProcess
+from .simserver import SimulatorProcess
+
+__all__ = ["KINDS", "TelemetryResult", "run"]
+
+KINDS = ("off", "spans+metrics", "otlp")
+FULL_CALLS, FULL_REPEATS = 4_000, 3
+QUICK_CALLS, QUICK_REPEATS = 1_000, 1
+
+
+@dataclass
+class TelemetryResult:
+    calls: int
+    runs: dict[str, list[throughput.Measurement]] = field(default_factory=dict)
+    spans_ended: int = 0  # OTLP runs: spans rtguard finished
+    spans_received: int = 0  # OTLP runs: spans the receiver decoded
+
+    def median(self, kind: str) -> throughput.Measurement | None:
+        runs = sorted(self.runs.get(kind, []), key=lambda m: m.calls_per_second)
+        return runs[(len(runs) - 1) // 2] if runs else None
+
+
+async def run(sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]) -> TelemetryResult:
+    calls = QUICK_CALLS if quick else FULL_CALLS
+    repeats = QUICK_REPEATS if quick else FULL_REPEATS
+    result = TelemetryResult(calls)
+    receiver = OtlpReceiverProcess()
+    try:
+        for _ in range(repeats):
+            for kind in KINDS:
+
+                def factory(kind: str = kind) -> tuple[BenchClient, TelemetrySetup]:
+                    setup = telemetry_setup(kind, receiver.endpoint)
+                    return RtguardClient(setup.telemetry, label=f"rtguard ({kind})"), setup
+
+                before = receiver.spans_received()
+                m = await throughput.measure(sim, f"rtguard {kind}", calls, factory=factory)
+                result.runs.setdefault(kind, []).append(m)
+                if kind == "otlp":  # measure() shut the provider down: its queue is flushed
+                    result.spans_ended += m.spans
+                    result.spans_received += receiver.spans_received() - before
+                log(
+                    f"telemetry {kind:14} N={calls}: {m.calls_per_second:7.0f} calls/s, "
+                    f"{m.cpu_us_per_call:5.0f} us CPU/call, spans {m.spans}"
+                )
+    finally:
+        receiver.close()
+    return result
