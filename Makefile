@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: demo test lint typecheck unit system-deps bench soak clean
+.PHONY: demo test lint typecheck unit system-deps dashboards bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,18 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks dashboards
+	$(BIN)/ruff format --check src tests benchmarks dashboards
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) system-deps
 	$(BIN)/pytest -q
+
+# Regenerate dashboards/rtguard.json after changing dashboards/generate.py (a test checks it).
+dashboards: $(STAMP)
+	$(BIN)/python dashboards/generate.py
 
 # Prometheus, promtool and Alertmanager: the alert and dashboard tests run them for real.
 system-deps:

@@ -314,7 +314,6 @@ class RealtimeSession:
                     await self._dispatch(event)
                 except Exception as exc:  # a bug here must not stop the session
                     self._telemetry.swallowed("dispatch", exc)
-                    logger.exception("error while handling a %s event", event.type)
         except ConnectionLostError as exc:
             if self._closing is None:
                 logger.warning("realtime connection lost: %s", redact(str(exc)))
@@ -524,7 +523,6 @@ class RealtimeSession:
         try:
             await self._transport.send(protocol.encode(protocol.build_response_create(event_id)))
         except Exception as exc:
-            logger.warning("sending response.create failed: %s", redact(repr(exc)))
             self._telemetry.swallowed("response_create", exc)
             await self._execute(self.ledger.response_create_failed())
         else:
@@ -596,4 +594,3 @@ class RealtimeSession:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._telemetry.swallowed("task", exc)
-            logger.error("rtguard task failed", exc_info=exc)

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .._ledger import IncompleteReason
+from .._ledger import IncompleteReason, Outcome
 from .._version import __version__
 from . import _names as n
 
@@ -140,6 +140,14 @@ class RtguardMetrics:
             self.output_sends.labels(result=result)
         for result in ("completed", "failed"):
             self.handoffs.labels(result=result)
+
+    def export_tools(self, tool_names: Iterable[str]) -> None:
+        """Create the per-tool series (at 0) before the first call of each tool."""
+        for name in tool_names:
+            for outcome in Outcome:
+                self.tool_calls.labels(name, outcome.value)
+            self.output_latency.labels(name)
+            self.tool_duration.labels(name, "")
 
     def watch(self, ledger: _Ledger) -> None:
         """Include a session's open calls in the waiting-calls gauges while it lives."""

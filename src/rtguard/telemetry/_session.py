@@ -8,6 +8,7 @@ API's no-op tracer makes spans free.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import traceback
 from collections import OrderedDict
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from .._tools import FunctionTool
 
 __all__ = ["SessionTelemetry", "Telemetry"]
+
+logger = logging.getLogger("rtguard")
 
 _OUTCOME_ERROR_TYPES = {
     Outcome.TIMEOUT: n.ERROR_TIMEOUT,
@@ -117,6 +120,7 @@ class SessionTelemetry:
 
     def session_started(self) -> None:
         if self._metrics:
+            self.agent_active(self._session.agent)
             self._metrics.active_sessions.inc()
             self._metrics.watch(self._session.ledger)
             if self._metrics.multiprocess:
@@ -131,6 +135,12 @@ class SessionTelemetry:
         for span in self._open_responses.values():
             span.end()
         self._open_responses.clear()
+
+    def agent_active(self, agent: Agent) -> None:
+        """Export the agent's per-tool series at 0, so rates count a tool's very first call."""
+        if self._metrics:
+            names = [entry["name"] for entry in agent.tool_schemas()]
+            self._metrics.export_tools([*names, n.UNKNOWN_TOOL_LABEL])
 
     async def _refresh_gauges(self) -> None:
         """Multiprocess mode: keep this process's waiting-call gauges current (age grows)."""
@@ -288,6 +298,7 @@ class SessionTelemetry:
         self._tracer.start_span(n.SPAN_HANDOFF, context=ctx, attributes=attributes).end()
         if self._metrics:
             self._metrics.handoffs.labels("completed").inc()
+            self.agent_active(to_agent)
 
     # --- errors -------------------------------------------------------------------------
 
@@ -300,6 +311,9 @@ class SessionTelemetry:
             self._metrics.protocol_errors.labels("server_error").inc()
 
     def swallowed(self, place: str, error: BaseException) -> None:
+        """Every exception rtguard catches without re-raising is counted and logged here."""
+        trace_text = redact("".join(traceback.format_exception(error)))
+        logger.error("rtguard caught an error in %s and carried on:\n%s", place, trace_text)
         if self._metrics:
             self._metrics.swallowed_errors.labels(place).inc()
 
