@@ -7,10 +7,12 @@ test their own tools without an API key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -219,24 +221,29 @@ class _Connection:
                 self.ws.transport.abort()
                 return
 
-    async def respond_with_calls(
-        self, batch: list[tuple[int, CallSpec]], reuse: CallRecord | None = None
-    ) -> list[CallRecord]:
+    @contextlib.asynccontextmanager
+    async def response(self) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+        """One model response: ``response.created``, the caller's items, ``response.done``.
+
+        Only one is in progress at a time, as on the real server.
+        """
         async with self.response_lock:
             self.responding = True
             response_id = f"resp_sim{self.number}_{next(self.ids)}"
-            await self.send(
-                {
-                    "type": "response.created",
-                    "response": {
-                        "id": response_id,
-                        "object": "realtime.response",
-                        "status": "in_progress",
-                        "output": [],
-                    },
-                }
-            )
-            records, items = [], []
+            created = {"id": response_id, "object": "realtime.response", "status": "in_progress"}
+            await self.send({"type": "response.created", "response": {**created, "output": []}})
+            items: list[dict[str, Any]] = []
+            yield response_id, items
+            usage = {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0}
+            done = {**created, "status": "completed", "output": items, "usage": usage}
+            await self.send({"type": "response.done", "response": done})
+            self.responding = False
+
+    async def respond_with_calls(
+        self, batch: list[tuple[int, CallSpec]], reuse: CallRecord | None = None
+    ) -> list[CallRecord]:
+        records = []
+        async with self.response() as (response_id, items):
             for output_index, (index, spec) in enumerate(batch):
                 call_id = reuse.call_id if reuse else f"call_sim{self.number}_{index}"
                 item_id = f"item_sim{self.number}_{next(self.ids)}"
@@ -248,14 +255,8 @@ class _Connection:
                     "name": spec.name,
                     "arguments": "",
                 }
-                await self.send(
-                    {
-                        "type": "response.output_item.added",
-                        "response_id": response_id,
-                        "output_index": output_index,
-                        "item": item,
-                    }
-                )
+                where = {"response_id": response_id, "output_index": output_index}
+                await self.send({"type": "response.output_item.added", **where, "item": item})
                 await self.send(
                     {"type": "conversation.item.added", "previous_item_id": None, "item": item}
                 )
@@ -269,55 +270,21 @@ class _Connection:
                 await self.send(
                     {
                         "type": "response.function_call_arguments.done",
-                        "response_id": response_id,
+                        **where,
                         "item_id": item_id,
-                        "output_index": output_index,
                         "call_id": call_id,
                         "name": spec.name,
                         "arguments": spec.arguments,
                     }
                 )
                 done_item = {**item, "status": "completed", "arguments": spec.arguments}
-                await self.send(
-                    {
-                        "type": "response.output_item.done",
-                        "response_id": response_id,
-                        "output_index": output_index,
-                        "item": done_item,
-                    }
-                )
+                await self.send({"type": "response.output_item.done", **where, "item": done_item})
                 await self.send({"type": "conversation.item.done", "item": done_item})
                 items.append(done_item)
-            await self.send(
-                {
-                    "type": "response.done",
-                    "response": {
-                        "id": response_id,
-                        "object": "realtime.response",
-                        "status": "completed",
-                        "output": items,
-                        "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0},
-                    },
-                }
-            )
-            self.responding = False
         return records
 
     async def respond_with_text(self) -> None:
-        async with self.response_lock:
-            self.responding = True
-            response_id = f"resp_sim{self.number}_{next(self.ids)}"
-            await self.send(
-                {
-                    "type": "response.created",
-                    "response": {
-                        "id": response_id,
-                        "object": "realtime.response",
-                        "status": "in_progress",
-                        "output": [],
-                    },
-                }
-            )
+        async with self.response() as (response_id, items):
             item = {
                 "id": f"item_sim{self.number}_{next(self.ids)}",
                 "type": "message",
@@ -333,18 +300,7 @@ class _Connection:
                     "item": item,
                 }
             )
-            await self.send(
-                {
-                    "type": "response.done",
-                    "response": {
-                        "id": response_id,
-                        "object": "realtime.response",
-                        "status": "completed",
-                        "output": [item],
-                    },
-                }
-            )
-            self.responding = False
+            items.append(item)
 
     # --- what the client sends ----------------------------------------------------------
 
