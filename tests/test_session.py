@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import random
 
 import pytest
@@ -323,3 +324,37 @@ async def test_a_frame_over_the_limit_closes_the_connection_and_is_accounted_for
     (incomplete,) = run.of_type(CallIncomplete)
     assert incomplete.tool_name == "crawl"
     assert incomplete.reason is IncompleteReason.CONNECTION_LOST
+
+
+def test_scenarios_load_from_yaml_and_json(tmp_path: pathlib.Path) -> None:
+    text = """
+rate: 50
+calls_per_response: 2
+repeat: 3
+calls:
+  - {name: lookup, arguments: {key: a}}
+  - {name: lookup, arguments: "{not json"}
+faults:
+  reject_output: [1]
+  drop_connection_after: 4
+  ack_delay: 0.01
+  malformed_before: [2]
+  duplicate: [0]
+"""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text)
+    scenario = Scenario.load(path)
+    assert len(scenario.calls) == 6
+    assert scenario.calls[0] == CallSpec("lookup", '{"key": "a"}')
+    assert scenario.calls[1].arguments == "{not json"
+    assert (scenario.rate, scenario.calls_per_response) == (50, 2)
+    assert scenario.faults == Faults(
+        reject_output=frozenset({1}),
+        drop_connection_after=4,
+        ack_delay=0.01,
+        malformed_before=frozenset({2}),
+        duplicate=frozenset({0}),
+    )
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        Scenario.load(tmp_path / "list.json")
