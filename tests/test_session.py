@@ -24,6 +24,7 @@ from rtguard import (
     SessionConfig,
     ToolApprovalRequested,
     ToolFailed,
+    Transport,
     function_tool,
 )
 from rtguard.simulator import CallSpec, Faults, Scenario, Simulator
@@ -358,3 +359,40 @@ faults:
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="must be a mapping"):
         Scenario.load(tmp_path / "list.json")
+
+
+class _RecvBreaks:
+    """A transport whose receive side fails with its own exception type after a few frames."""
+
+    def __init__(self, inner: Transport, after: int) -> None:
+        self._inner, self._left = inner, after
+
+    @property
+    def is_open(self) -> bool:
+        return self._inner.is_open
+
+    async def send(self, frame: str) -> None:
+        await self._inner.send(frame)
+
+    async def recv(self) -> str | bytes:
+        if self._left == 0:
+            raise RuntimeError("decoder exploded")
+        self._left -= 1
+        return await self._inner.recv()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def test_a_transport_failing_its_own_way_ends_the_session_cleanly() -> None:
+    scenario = Scenario(calls=(CallSpec("crawl"),))
+    run = await run_scenario(
+        scenario,
+        agent,
+        wrap=lambda t: _RecvBreaks(t, after=6),
+        done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
+    )
+    (closed,) = run.of_type(SessionClosed)
+    assert closed.reason == "connection_lost"
+    assert "decoder exploded" in str(closed.error)
+    assert [e.reason for e in run.of_type(CallIncomplete)] == [IncompleteReason.CONNECTION_LOST]

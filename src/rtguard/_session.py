@@ -314,10 +314,11 @@ class RealtimeSession:
                     await self._dispatch(event)
                 except Exception as exc:  # a bug here must not stop the session
                     self._telemetry.swallowed("dispatch", exc)
-        except ConnectionLostError as exc:
+        except Exception as exc:  # a transport may raise something of its own once it breaks
+            lost = exc if isinstance(exc, ConnectionLostError) else ConnectionLostError(repr(exc))
             if self._closing is None:
-                logger.warning("realtime connection lost: %s", redact(str(exc)))
-                self._closing = asyncio.create_task(self._shutdown(exc), name="rtguard-lost")
+                logger.warning("realtime connection lost: %s", redact(str(lost)))
+                self._closing = asyncio.create_task(self._shutdown(lost), name="rtguard-lost")
 
     async def _dispatch(self, event: protocol.ServerEvent) -> None:
         now = time.monotonic()
@@ -357,11 +358,10 @@ class RealtimeSession:
     # --- running a call ------------------------------------------------------------------
 
     async def _run_call(self, call: Call) -> None:
-        started = time.monotonic()
         output, new_agent = await self._produce_output(call)
         if new_agent is not None:
             output = await self._hand_off(call, new_agent, output)
-        self._telemetry.output_ready(call, output, time.monotonic() - started)
+        self._telemetry.output_ready(call, output)
         if output.outcome is Outcome.SUCCESS:
             self._emit(ToolSucceeded(call.call_id, call.tool_name, output.text))
         elif output.error is not None and not output.raise_to_app:

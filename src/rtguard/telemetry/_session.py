@@ -215,7 +215,7 @@ class SessionTelemetry:
         with trace.use_span(_span(call), record_exception=False, set_status_on_exception=False):
             yield
 
-    def output_ready(self, call: Call, output: ToolOutput, duration: float) -> None:
+    def output_ready(self, call: Call, output: ToolOutput) -> None:
         span = _span(call)
         span.set_attribute(n.RTGUARD_OUTCOME, output.outcome.value)
         if output.outcome is Outcome.SUCCESS:
