@@ -43,9 +43,11 @@ class SimReport:
     response_creates: int
     refused_response_creates: int
     client_events: int
+    session_updates: int
     first_issued_at: float | None
     last_output_at: float | None
     latencies: list[float] = field(default_factory=list)  # seconds, answered calls, issue order
+    decile_rates: list[float] = field(default_factory=list)  # calls/s in each tenth of the run
 
     @property
     def calls_per_second(self) -> float:
@@ -231,7 +233,24 @@ def _report(sim: Simulator) -> SimReport:
         response_creates=sim.response_creates,
         refused_response_creates=sim.refused_response_creates,
         client_events=sim.client_events,
+        session_updates=len(sim.session_updates),
         first_issued_at=min((r.issued_at for r in records), default=None),
         last_output_at=max(first_outputs, default=None),
         latencies=latencies,
+        decile_rates=_decile_rates(
+            min((r.issued_at for r in records), default=0.0), sorted(first_outputs)
+        ),
     )
+
+
+def _decile_rates(start: float, outputs: list[float]) -> list[float]:
+    """calls/s over each tenth of the answered calls, in the order they were answered."""
+    size = len(outputs) // 10
+    if size == 0:
+        return []
+    rates, previous = [], start
+    for k in range(10):
+        end = outputs[(k + 1) * size - 1]
+        rates.append(size / (end - previous) if end > previous else float("nan"))
+        previous = end
+    return rates
