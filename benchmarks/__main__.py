@@ -17,6 +17,7 @@ from . import completion, latency, memory, profiles, telemetry_cost, throughput
 from .clients import quiet_logs
 from .report import Results, environment, render
 from .simserver import SimulatorProcess
+from .workers import Workers
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
@@ -62,15 +63,16 @@ async def _main(args: argparse.Namespace, command: str) -> Results:
         results.log.append(line)
 
     names = args.only or list(BENCHMARKS)
-    sim = SimulatorProcess()
+    sim, workers = SimulatorProcess(), Workers()
     try:
         for name in BENCHMARKS:
             if name not in names:
                 continue
             attribute, run = BENCHMARKS[name]
             log(f"--- {name}")
-            setattr(results, attribute, await run(sim, quick=args.quick, log=log))
+            setattr(results, attribute, await run(sim, workers, quick=args.quick, log=log))
     finally:
+        workers.close()
         sim.close()
     results.duration = time.monotonic() - started
     return results

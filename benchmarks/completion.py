@@ -19,6 +19,7 @@ from rtguard.simulator import CallSpec, Scenario
 from . import clients
 from .clients import AgentsSdkClient, BenchClient, RtguardClient, telemetry_setup
 from .simserver import SimulatorProcess
+from .workers import Workers
 
 __all__ = ["CASES", "CaseResult", "CompletionResult", "FailureCase", "run"]
 
@@ -194,8 +195,10 @@ async def run_case(
 
 
 async def run(
-    sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]
+    sim: SimulatorProcess, workers: Workers, *, quick: bool, log: Callable[[str], None]
 ) -> CompletionResult:
+    """In the benchmark process (``workers`` unused): the app's side must see the very
+    exception objects the tools raised."""
     result = CompletionResult()
     quiet = 0.4 if quick else 1.0
     for case in CASES:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from . import throughput
 from .simserver import SimulatorProcess
+from .workers import Workers
 
 __all__ = ["RATE", "LatencyResult", "run"]
 
@@ -24,11 +25,13 @@ class LatencyResult:
     runs: dict[str, throughput.Measurement] = field(default_factory=dict)
 
 
-async def run(sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]) -> LatencyResult:
+async def run(
+    sim: SimulatorProcess, workers: Workers, *, quick: bool, log: Callable[[str], None]
+) -> LatencyResult:
     calls = QUICK_CALLS if quick else FULL_CALLS
     result = LatencyResult(RATE, calls)
     for kind in throughput.CLIENT_LABELS:
-        m = await throughput.measure(sim, kind, calls, rate=RATE)
+        m = await throughput.measure(sim, workers, kind, calls, rate=RATE)
         result.runs[kind] = m
         log(
             f"latency {kind:12} at {RATE:.0f}/s: p50 {m.p50_ms:.2f} ms, p95 {m.p95_ms:.2f} ms, "

@@ -21,6 +21,7 @@ from rtguard.simulator import Scenario
 from . import throughput
 from .clients import quiet_logs
 from .simserver import SimulatorProcess
+from .workers import Workers, make_client
 
 __all__ = ["MemoryResult", "MemoryRun", "run"]
 
@@ -89,7 +90,7 @@ def _child(kind: str, url: str, calls: int, conn: Connection) -> None:
 
 
 async def _child_run(kind: str, url: str, calls: int) -> tuple[list[MemorySample], int]:
-    client, setup = throughput.make_client(kind)
+    client, setup = make_client(kind)
     process = psutil.Process()
     samples: list[MemorySample] = []
     object_marks = {calls // 4, calls // 2, 3 * calls // 4, calls}
@@ -143,7 +144,10 @@ async def measure(sim: SimulatorProcess, kind: str, calls: int) -> MemoryRun:
     return MemoryRun(throughput.CLIENT_LABELS[kind], calls, samples, peak, report.answered)
 
 
-async def run(sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]) -> MemoryResult:
+async def run(
+    sim: SimulatorProcess, workers: Workers, *, quick: bool, log: Callable[[str], None]
+) -> MemoryResult:
+    """Its own fresh process per run (``workers`` unused): the heap starts clean."""
     result = MemoryResult()
     calls = QUICK_CALLS if quick else FULL_CALLS
     sdk_calls = QUICK_SDK_CALLS if quick else SDK_CALLS

@@ -13,6 +13,7 @@ from pyinstrument import Profiler
 
 from . import throughput
 from .simserver import SimulatorProcess
+from .workers import Workers
 
 __all__ = ["ProfileResult", "ProfiledRun", "run"]
 
@@ -90,7 +91,7 @@ def _idle(frame: Any) -> float:
     return sum(_idle(child) for child in frame.children)
 
 
-def _analyse(profiler: Profiler, groups: dict[str, tuple[str, ...]]) -> ProfiledRun:
+def analyse(profiler: Profiler, groups: dict[str, tuple[str, ...]]) -> ProfiledRun:
     session = profiler.last_session
     root = session.root_frame() if session is not None else None
     run = ProfiledRun("", 0, 0.0, 0.0)
@@ -110,21 +111,19 @@ def _analyse(profiler: Profiler, groups: dict[str, tuple[str, ...]]) -> Profiled
 
 
 async def profile(
-    sim: SimulatorProcess, kind: str, calls: int, groups: dict[str, tuple[str, ...]]
+    sim: SimulatorProcess,
+    workers: Workers,
+    kind: str,
+    calls: int,
+    groups: dict[str, tuple[str, ...]],
 ) -> ProfiledRun:
-    await throughput.measure(sim, kind, 100)  # warm
-    profiler = Profiler(interval=0.001, async_mode="disabled")
-    profiler.start()
-    try:
-        m = await throughput.measure(sim, kind, calls)
-    finally:
-        profiler.stop()
-    run = _analyse(profiler, groups)
-    run.client, run.calls, run.calls_per_second = (
-        throughput.CLIENT_LABELS[kind],
-        calls,
-        m.calls_per_second,
-    )
+    """A closed-loop run with pyinstrument sampling the client worker's event loop."""
+    await throughput.measure(sim, workers, kind, 100)  # warm
+    m = await throughput.measure(sim, workers, kind, calls, groups=groups)
+    run: ProfiledRun = m.profile
+    run.client = throughput.CLIENT_LABELS[kind]
+    run.calls = calls
+    run.calls_per_second = m.calls_per_second
     return run
 
 
@@ -150,11 +149,13 @@ SDK_GROUPS = {
 }
 
 
-async def run(sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]) -> ProfileResult:
+async def run(
+    sim: SimulatorProcess, workers: Workers, *, quick: bool, log: Callable[[str], None]
+) -> ProfileResult:
     calls = QUICK_CALLS if quick else FULL_CALLS
     result = ProfileResult()
     for kind, groups in (("rtguard-on", RTGUARD_GROUPS), ("sdk", SDK_GROUPS)):
-        run_ = await profile(sim, kind, calls, groups)
+        run_ = await profile(sim, workers, kind, calls, groups)
         result.runs.append(run_)
         top = ", ".join(f"{e.function.split(' ')[0]} {e.self_share:.0%}" for e in run_.entries[:4])
         log(f"profile {kind:12} N={calls}: busy {run_.busy_seconds:.2f} s; own time: {top}")

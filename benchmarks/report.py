@@ -569,11 +569,22 @@ def _telemetry(tel: TelemetryResult) -> list[str]:
                 _n(m.calls_per_second),
                 rel,
                 _n(m.cpu_us_per_call),
+                _n(m.gc_us_per_call),
+                str(m.gc_full),
                 f"{m.spans / max(1, m.answered):.1f}",
             ]
         )
     lines += _table(
-        ["set-up", "calls/s", "of telemetry off", "client us CPU/call", "spans/call"], rows
+        [
+            "set-up",
+            "calls/s",
+            "of telemetry off",
+            "client us CPU/call",
+            "of which GC us/call",
+            "full GCs",
+            "spans/call",
+        ],
+        rows,
     )
     if tel.spans_ended:
         lines += [
@@ -592,7 +603,9 @@ def _memory(mem: MemoryResult) -> list[str]:
         "The client in a fresh process; RSS sampled every 5% of the calls, live objects "
         "(`gc.get_objects()` after a collection) at 25/50/75/100%. Growth is the "
         "least-squares slope over the second half of the run; flat means under "
-        f"{FLAT_OBJECTS_PER_CALL} objects and {FLAT_RSS_BYTES} bytes of RSS per call.",
+        f"{FLAT_OBJECTS_PER_CALL} objects and {FLAT_RSS_BYTES} bytes of RSS per call. rtguard "
+        "remembers the ids of the last 10,000 settled calls (`remember_settled_calls`, to "
+        "recognise a repeated `call_id`), so it grows over its first 10,000 calls by design.",
         "",
     ]
     rows = []
@@ -655,9 +668,11 @@ def _method() -> list[str]:
     return [
         "## Method and caveats",
         "",
-        "- Three kinds of process: the simulator (one fresh `Simulator` per run, in a child "
-        "process), the client under test (the benchmark process; for memory, a fresh child), "
-        "and for the OTLP runs the trace receiver. Loopback only.",
+        "- Separate processes: the simulator (one fresh `Simulator` per run), one worker per "
+        "client kind (raw, SDK, rtguard with each telemetry set-up; its heap holds only its own "
+        "library, which matters for garbage collection), a fresh process per memory run, and "
+        "the OTLP receiver. The failure-completion scenarios run in the benchmark process, "
+        "where the tools raise the exceptions the app must receive. Loopback only.",
         "- Both libraries run their tools as asyncio tasks (`async_tool_calls`); the app drains "
         "the event stream and counts one event per call (rtguard: `OutputAcknowledged`, the "
         "server confirmed the output; the SDK: `tool_end`, emitted after the send).",

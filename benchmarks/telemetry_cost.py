@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import throughput
-from .clients import BenchClient, RtguardClient, TelemetrySetup, telemetry_setup
 from .otlp import OtlpReceiverProcess
 from .simserver import SimulatorProcess
+from .workers import Workers
 
 __all__ = ["KINDS", "TelemetryResult", "run"]
 
 KINDS = ("off", "spans+metrics", "otlp")
+WORKER_KINDS = {"off": "rtguard-off", "spans+metrics": "rtguard-on", "otlp": "rtguard-otlp"}
 FULL_CALLS, FULL_REPEATS = 4_000, 3
 QUICK_CALLS, QUICK_REPEATS = 1_000, 1
 
@@ -33,29 +34,34 @@ class TelemetryResult:
         return runs[(len(runs) - 1) // 2] if runs else None
 
 
-async def run(sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]) -> TelemetryResult:
+async def run(
+    sim: SimulatorProcess, workers: Workers, *, quick: bool, log: Callable[[str], None]
+) -> TelemetryResult:
     calls = QUICK_CALLS if quick else FULL_CALLS
     repeats = QUICK_REPEATS if quick else FULL_REPEATS
     result = TelemetryResult(calls)
     receiver = OtlpReceiverProcess()
     try:
+        for kind in KINDS:  # warm each worker
+            await throughput.measure(
+                sim, workers, WORKER_KINDS[kind], 100, otlp_endpoint=receiver.endpoint
+            )
         for _ in range(repeats):
             for kind in KINDS:
-
-                def factory(kind: str = kind) -> tuple[BenchClient, TelemetrySetup]:
-                    setup = telemetry_setup(kind, receiver.endpoint)
-                    return RtguardClient(setup.telemetry, label=f"rtguard ({kind})"), setup
-
                 before = receiver.spans_received()
-                m = await throughput.measure(sim, f"rtguard {kind}", calls, factory=factory)
+                m = await throughput.measure(
+                    sim, workers, WORKER_KINDS[kind], calls, otlp_endpoint=receiver.endpoint
+                )
                 result.runs.setdefault(kind, []).append(m)
-                if kind == "otlp":  # measure() shut the provider down: its queue is flushed
+                if kind == "otlp":  # the worker shut its provider down: the queue is flushed
                     result.spans_ended += m.spans
                     result.spans_received += receiver.spans_received() - before
                 log(
                     f"telemetry {kind:14} N={calls}: {m.calls_per_second:7.0f} calls/s, "
-                    f"{m.cpu_us_per_call:5.0f} us CPU/call, spans {m.spans}"
+                    f"{m.cpu_us_per_call:5.0f} us CPU/call, GC {m.gc_us_per_call:4.0f} us/call, "
+                    f"spans {m.spans}"
                 )
     finally:
+        workers.close("rtguard-otlp")
         receiver.close()
     return result

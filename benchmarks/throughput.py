@@ -3,35 +3,26 @@ closed loop: at most ``max_in_flight`` calls without an output), for each client
 
 calls/s is measured by the simulator: calls answered / (last first-output - first issue), so
 connecting and the session set-up are outside the window and every client is timed by the
-same clock. CPU per call is the client process's CPU time (all its threads) over the run.
+same clock. Each client kind runs in its own worker process (workers.py); CPU per call is
+that process's CPU time (all its threads) over the session.
 """
 
 from __future__ import annotations
 
-import gc
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rtguard.simulator import CallSpec, Scenario
 
-from .clients import (
-    AgentsSdkClient,
-    BenchClient,
-    RawClient,
-    RtguardClient,
-    TelemetrySetup,
-    cpu_seconds,
-    telemetry_setup,
-)
 from .simserver import SimulatorProcess, percentile
+from .workers import Workers
 
 __all__ = [
     "CLIENT_LABELS",
     "Measurement",
     "ThroughputResult",
-    "make_client",
     "measure",
     "run",
 ]
@@ -74,7 +65,10 @@ class Measurement:
     last_decile_cps: float = 0.0
     client_busy: float = 0.0  # client CPU seconds / wall seconds over the run
     sim_busy: float = 0.0  # the simulator process's CPU seconds / wall seconds
+    gc_us_per_call: float = 0.0  # the client's time in garbage collection, per call
+    gc_full: int = 0  # full collections during the session
     spans: int = 0
+    profile: Any = None  # profiles.ProfiledRun when the run was profiled
 
 
 @dataclass
@@ -99,56 +93,45 @@ class ThroughputResult:
         return (max(rates) - min(rates)) / statistics.median(rates)
 
 
-def make_client(kind: str) -> tuple[BenchClient, TelemetrySetup | None]:
-    if kind == "raw":
-        return RawClient(), None
-    if kind == "sdk":
-        return AgentsSdkClient(), None
-    if kind in ("rtguard-off", "rtguard-on"):
-        setup = telemetry_setup("off" if kind == "rtguard-off" else "spans+metrics")
-        return RtguardClient(setup.telemetry), setup
-    raise ValueError(kind)
-
-
 async def measure(
     sim: SimulatorProcess,
+    workers: Workers,
     kind: str,
     calls: int,
     *,
-    factory: Callable[[], tuple[BenchClient, TelemetrySetup | None]] | None = None,
     rate: float | None = None,
     timeout: float | None = None,
+    otlp_endpoint: str | None = None,
+    groups: dict[str, tuple[str, ...]] | None = None,
 ) -> Measurement:
-    """One run of ``calls`` echo calls against a fresh simulator."""
-    scenario = Scenario(calls=(ECHO,) * calls, rate=rate)
-    url = await sim.start(scenario)
-    client, setup = (factory or (lambda: make_client(kind)))()
+    """One session of ``calls`` echo calls: a fresh simulator, the client in its worker."""
+    url = await sim.start(Scenario(calls=(ECHO,) * calls, rate=rate))
     limit = timeout if timeout is not None else max(60.0, calls / 50)
-    gc.collect()
     sim_cpu_before = sim.cpu_seconds()
-    wall_before, cpu_before = time.monotonic(), cpu_seconds()
-    try:
-        await client.open(url)
-        await client.wait_delivered(calls, limit)
-        await sim.wait_answered(calls, 10.0)
-        cpu = cpu_seconds() - cpu_before
-        wall = time.monotonic() - wall_before
+    sim_cpu = 0.0
+
+    async def answered() -> None:  # the client stays open until the simulator has them all
+        nonlocal sim_cpu
         sim_cpu = sim.cpu_seconds() - sim_cpu_before
+        await sim.wait_answered(calls, 10.0)
+
+    try:
+        worker = workers.get(kind, otlp_endpoint)
+        stats = await worker.run(url, calls, limit, groups, before_close=answered)
     finally:
-        await client.close()
-        if setup is not None:
-            setup.shutdown()
-    report = await sim.stop()
+        report = await sim.stop()
+    wall = stats.wall_seconds
+    per_call = 1e6 / max(1, report.answered)
     return Measurement(
         client=kind,
         requested=calls,
         answered=report.answered,
         calls_per_second=report.calls_per_second,
-        cpu_us_per_call=cpu / max(1, report.answered) * 1e6,
+        cpu_us_per_call=stats.cpu_seconds * per_call,
         elapsed=report.elapsed,
         duplicated=report.duplicated,
         without_response_create=report.without_response_create,
-        server_errors=len(client.server_errors),
+        server_errors=stats.server_errors,
         response_creates=report.response_creates,
         refused_response_creates=report.refused_response_creates,
         client_events=report.client_events,
@@ -159,20 +142,23 @@ async def measure(
         max_ms=max(report.latencies, default=float("nan")) * 1e3,
         first_decile_cps=report.decile_rates[0] if report.decile_rates else float("nan"),
         last_decile_cps=report.decile_rates[-1] if report.decile_rates else float("nan"),
-        client_busy=cpu / wall,
+        client_busy=stats.cpu_seconds / wall,
         sim_busy=sim_cpu / wall,
-        spans=setup.spans_ended if setup is not None else 0,
+        gc_us_per_call=stats.gc_seconds * per_call,
+        gc_full=stats.gc_full,
+        spans=stats.spans,
+        profile=stats.profile,
     )
 
 
 async def run(
-    sim: SimulatorProcess, *, quick: bool, log: Callable[[str], None]
+    sim: SimulatorProcess, workers: Workers, *, quick: bool, log: Callable[[str], None]
 ) -> ThroughputResult:
     sizes = QUICK_SIZES if quick else FULL_SIZES
     sdk_cap = QUICK_SDK_CAP if quick else SDK_MAX_CALLS
     result = ThroughputResult(sizes, sdk_cap)
     for kind in CLIENT_LABELS:  # warm-up: imports, schema building, first connections
-        await measure(sim, kind, 100)
+        await measure(sim, workers, kind, 100)
     for size in sizes:
         repeats = 1 if quick else FULL_REPEATS.get(size, 1)
         for _ in range(repeats):
@@ -180,7 +166,7 @@ async def run(
                 calls = min(size, sdk_cap) if kind == "sdk" else size
                 if kind == "sdk" and calls < size and result.runs.get((kind, size)):
                     continue  # capped: one run is enough
-                m = await measure(sim, kind, calls)
+                m = await measure(sim, workers, kind, calls)
                 result.runs.setdefault((kind, size), []).append(m)
                 log(
                     f"throughput {kind:12} N={calls:>7}: {m.calls_per_second:8.0f} calls/s, "
