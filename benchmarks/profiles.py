@@ -128,7 +128,22 @@ async def profile(
 
 
 RTGUARD_GROUPS = {
-    "rtguard telemetry hooks (SessionTelemetry.*)": ("SessionTelemetry.",),
+    "rtguard telemetry hooks (SessionTelemetry.*), all": ("SessionTelemetry.",),
+    "- call_received: starts the execute_tool span": ("SessionTelemetry.call_received",),
+    "- send_attempt: an rtguard.send_output span per attempt": ("SessionTelemetry.send_attempt",),
+    "- response_started / response_finished: a realtime_inference span per response": (
+        "SessionTelemetry.response_started",
+        "SessionTelemetry.response_finished",
+    ),
+    "- call_settled: span attributes, end, two histograms with exemplars": (
+        "SessionTelemetry.call_settled",
+    ),
+    "- output_ready, tool_context, other hooks": (
+        "SessionTelemetry.output_ready",
+        "SessionTelemetry.tool_context",
+        "SessionTelemetry.handoff",
+        "SessionTelemetry.retry_scheduled",
+    ),
     "OpenTelemetry SDK (spans)": ("(opentelemetry/",),
     "prometheus_client (metrics)": ("(prometheus_client/",),
     "JSON (parse and encode)": ("(json/",),

@@ -342,8 +342,9 @@ def _throughput(tp: ThroughputResult) -> list[str]:
             f"{s:,}: {1 if len(tp.runs.get(('raw', s), [])) < 2 else len(tp.runs[('raw', s)])}"
             for s in tp.sizes
         )
-        + " runs, interleaved across clients. Each process runs on its own: the simulator in "
-        "one, the client in another.",
+        + " runs, interleaved across clients (short runs are the most exposed to the "
+        "machine's noise: see the spread). The simulator and each client kind run in their "
+        "own processes.",
         "",
     ]
     header = [

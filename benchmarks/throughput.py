@@ -31,7 +31,7 @@ ECHO = CallSpec("echo", '{"text":"hi"}')
 FULL_SIZES = (250, 1_000, 4_000, 100_000)
 QUICK_SIZES = (250, 1_000)
 QUICK_SDK_CAP = 1_000
-FULL_REPEATS = {250: 5, 1_000: 3, 4_000: 3, 100_000: 3}
+FULL_REPEATS = {250: 9, 1_000: 7, 4_000: 5, 100_000: 3}
 SDK_MAX_CALLS = 10_000  # the SDK's per-call cost grows with the session; see the report
 
 CLIENT_LABELS = {
