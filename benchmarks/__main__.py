@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -75,6 +77,7 @@ async def _main(args: argparse.Namespace, command: str) -> Results:
         workers.close()
         sim.close()
     results.duration = time.monotonic() - started
+    results.env = dataclasses.replace(results.env, load_after=os.getloadavg())
     return results
 
 

@@ -56,6 +56,7 @@ class Environment:
     commit: str
     load_before: tuple[float, float, float]
     versions: dict[str, str]
+    load_after: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -316,6 +317,10 @@ def _header(r: Results) -> list[str]:
         ["Python", e.python],
         ["rtguard commit", e.commit],
         ["load average before the run", ", ".join(f"{v:.2f}" for v in e.load_before)],
+        [
+            "load average after the run",
+            ", ".join(f"{v:.2f}" for v in e.load_after) if e.load_after else "n/a",
+        ],
     ]
     rows += [[name, version] for name, version in e.versions.items()]
     return lines + _table(["", ""], rows)
@@ -525,6 +530,15 @@ def _completion(comp: CompletionResult) -> list[str]:
         + ("; ".join(notes) if notes else "none, for either client")
         + ".",
         "",
+        "Why the SDK (openai-agents 0.24.0, from its source): with "
+        "`failure_error_function=None`, a `raise_exception` timeout or a failing "
+        "`on_handoff`, the tool task's exception is stored, the session closes and the "
+        "iterator raises it, so the failing call and the calls in flight get no output and "
+        "the rest of the conversation is lost. The default failure handler and "
+        "`error_as_result` send the model an error text, but the app only sees it in the "
+        "log. An unknown tool gets an output but no `response.create`. A failed output send "
+        "is cached and only sent again if the model repeats the same call.",
+        "",
     ]
     return (
         lines
@@ -679,9 +693,10 @@ def _method() -> list[str]:
         "server confirmed the output; the SDK: `tool_end`, emitted after the send).",
         "- The SDK connects with `RealtimeRunner(agent).run(model_config={'url': ..., "
         "'api_key': <dummy>})`; its tracing is disabled (`set_tracing_disabled(True)`, "
-        "`tracing_disabled`) so nothing leaves the machine. What each client sent and which "
-        "server `error` events it got are counted by the simulator and shown under the "
-        "throughput and completion tables.",
+        "`tracing_disabled`) so nothing leaves the machine. The simulator counts what each "
+        "client sent (`session.update`, `response.create`); each client counts the server "
+        "`error` events it received. Both are shown under the throughput and completion "
+        "tables.",
         "- The raw client answers each call as soon as its arguments are done and sends "
         "`response.create` when the server has no response in progress: the same protocol "
         "work, and nothing else.",
