@@ -381,7 +381,9 @@ def _throughput(tp: ThroughputResult) -> list[str]:
     lines += [
         "CPU time of the client process per call (all its threads, including the span export "
         "thread), and how busy each process was (CPU seconds per wall second, 100% = one core). "
-        "A client near 100% is the bottleneck; a simulator near 100% means the simulator is.",
+        "A client near 100% is the bottleneck; a simulator near 100% means the simulator is. "
+        "CPU times are read with 10 ms resolution, so the shortest runs are approximate (a "
+        "reading above 100% is one of those).",
         "",
     ]
     header = ["N", *[f"{CLIENT_LABELS[k]}: us/call (client / sim busy)" for k in CLIENT_LABELS]]
