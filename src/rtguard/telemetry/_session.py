@@ -113,6 +113,9 @@ class SessionTelemetry:
         self._session = session
         self._session_id: str | None = None
         self._open_responses: OrderedDict[str, Span] = OrderedDict()
+        # Built once and reused: span attributes per tool, metric children per label set.
+        self._tool_attributes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
         self._recent_responses: OrderedDict[str, Span] = OrderedDict()
         self._refresher: asyncio.Task[None] | None = None
 
@@ -150,7 +153,9 @@ class SessionTelemetry:
             await asyncio.sleep(_REFRESH_SECONDS)
 
     def session_identified(self, session_id: str) -> None:
-        self._session_id = session_id
+        if session_id != self._session_id:
+            self._session_id = session_id
+            self._tool_attributes.clear()
 
     def response_started(self, response_id: str | None) -> None:
         if response_id is None:
@@ -184,48 +189,65 @@ class SessionTelemetry:
     def call_received(
         self, call: Call, agent: Agent, target: FunctionTool | Handoff | None
     ) -> None:
-        known = target is not None
-        label = call.tool_name if known else n.UNKNOWN_TOOL_LABEL
+        label = call.tool_name if target is not None else n.UNKNOWN_TOOL_LABEL
+        attributes = {
+            **self._attributes_for(agent, target, call.tool_name),
+            n.GEN_AI_TOOL_CALL_ID: call.call_id,
+        }
+        if self._capture and call.arguments is not None:
+            attributes[n.GEN_AI_TOOL_CALL_ARGUMENTS] = call.arguments[: self._max_chars]
+        parent = self._recent_responses.get(call.response_key)
+        ctx = trace.set_span_in_context(parent) if parent is not None else otel_context.Context()
+        name = f"{n.OP_EXECUTE_TOOL} {label}" if target is not None else n.OP_EXECUTE_TOOL
+        span = self._tracer.start_span(
+            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        call.annotations["span"] = span
+        call.annotations["context"] = trace.set_span_in_context(span)
+        call.annotations["label"] = label
+        if self._metrics:
+            self._metrics.refresh()
+
+    def _attributes_for(
+        self, agent: Agent, target: FunctionTool | Handoff | None, tool_name: str
+    ) -> dict[str, Any]:
+        """The execute_tool attributes every call of this agent's tool shares."""
+        key = (agent.name, tool_name)
+        cached = self._tool_attributes.get(key)
+        if cached is not None:
+            return cached
         attributes = self._common_attributes() | {
             n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
-            n.GEN_AI_TOOL_NAME: call.tool_name[:_MAX_TOOL_NAME_CHARS],
-            n.GEN_AI_TOOL_CALL_ID: call.call_id,
+            n.GEN_AI_TOOL_NAME: tool_name[:_MAX_TOOL_NAME_CHARS],
             n.GEN_AI_TOOL_TYPE: n.TOOL_TYPE_FUNCTION,
             n.GEN_AI_AGENT_NAME: agent.name,
         }
         description = getattr(target, "description", None)
         if description:
             attributes[n.GEN_AI_TOOL_DESCRIPTION] = description
-        if self._capture and call.arguments is not None:
-            attributes[n.GEN_AI_TOOL_CALL_ARGUMENTS] = call.arguments[: self._max_chars]
-        parent = self._recent_responses.get(call.response_key)
-        ctx = trace.set_span_in_context(parent) if parent is not None else otel_context.Context()
-        name = f"{n.OP_EXECUTE_TOOL} {label}" if known else n.OP_EXECUTE_TOOL
-        span = self._tracer.start_span(
-            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attributes
-        )
-        call.annotations["span"] = span
-        call.annotations["label"] = label
-        if self._metrics:
-            self._metrics.refresh()
+        if target is not None:  # names the model invents are unbounded: never cached
+            self._tool_attributes[key] = attributes
+        return attributes
 
     @contextmanager
     def tool_context(self, call: Call) -> Iterator[None]:
         """Make the call's span current, so spans the tool creates nest under it."""
-        with trace.use_span(_span(call), record_exception=False, set_status_on_exception=False):
+        token = otel_context.attach(_context(call))
+        try:
             yield
+        finally:
+            otel_context.detach(token)
 
     def output_ready(self, call: Call, output: ToolOutput) -> None:
-        span = _span(call)
-        span.set_attribute(n.RTGUARD_OUTCOME, output.outcome.value)
         if output.outcome is Outcome.SUCCESS:
             if self._capture:
-                span.set_attribute(n.GEN_AI_TOOL_CALL_RESULT, output.text[: self._max_chars])
+                _span(call).set_attribute(n.GEN_AI_TOOL_CALL_RESULT, output.text[: self._max_chars])
         else:
             error_type = _OUTCOME_ERROR_TYPES.get(output.outcome) or type(output.error).__name__
             _fail_call(call, error_type, output.error)
         if self._metrics:
-            self._metrics.tool_calls.labels(call.annotations["label"], output.outcome.value).inc()
+            label = call.annotations["label"]
+            self._child(self._metrics.tool_calls, label, output.outcome.value).inc()
             if output.outcome is Outcome.HANDOFF_FAILED:
                 self._metrics.handoffs.labels("failed").inc()
 
@@ -238,15 +260,13 @@ class SessionTelemetry:
         *,
         will_retry: bool,
     ) -> None:
-        ctx = trace.set_span_in_context(_span(call))
         attributes: dict[str, Any] = self._common_attributes() | {
-            n.GEN_AI_TOOL_CALL_ID: call.call_id,
             n.RTGUARD_ATTEMPT: attempt,
             n.RTGUARD_SEND_RESULT: "failed" if error else "sent",
         }
         span = self._tracer.start_span(
             n.SPAN_SEND_OUTPUT,
-            context=ctx,
+            context=_context(call),
             kind=SpanKind.CLIENT,
             attributes=attributes,
             start_time=started_ns,
@@ -256,7 +276,7 @@ class SessionTelemetry:
             _fail(span, type(error).__name__, error)
         span.end()
         if self._metrics:
-            self._metrics.output_sends.labels("failed" if error else "sent").inc()
+            self._child(self._metrics.output_sends, "failed" if error else "sent").inc()
 
     def retry_scheduled(self, call: Call, delay: float) -> None:
         """A failed or refused send will be repeated from the cached output."""
@@ -267,21 +287,26 @@ class SessionTelemetry:
     def call_settled(self, call: Call) -> None:
         span = _span(call)
         delivered = call.state is CallState.ACKNOWLEDGED
-        span.set_attribute(n.RTGUARD_SEND_ATTEMPTS, call.send_attempts)
-        span.set_attribute(n.RTGUARD_DELIVERED, delivered)
+        facts: dict[str, Any] = {
+            n.RTGUARD_SEND_ATTEMPTS: call.send_attempts,
+            n.RTGUARD_DELIVERED: delivered,
+        }
+        if call.output is not None:
+            facts[n.RTGUARD_OUTCOME] = call.output.outcome.value
         if call.incomplete_reason is not None:
-            span.set_attribute(n.RTGUARD_INCOMPLETE_REASON, call.incomplete_reason.value)
-            if call.annotations.get("error_type") is None:
-                reason = call.incomplete_reason
-                _fail_call(call, _INCOMPLETE_ERROR_TYPES[reason], call.last_send_error)
+            facts[n.RTGUARD_INCOMPLETE_REASON] = call.incomplete_reason.value
+        span.set_attributes(facts)
+        reason = call.incomplete_reason
+        if reason is not None and call.annotations.get("error_type") is None:
+            _fail_call(call, _INCOMPLETE_ERROR_TYPES[reason], call.last_send_error)
         if self._metrics:
             label = call.annotations["label"]
             exemplar = _exemplar(span)
             duration = (call.settled_at or time.monotonic()) - call.received_at
             error_type = call.annotations.get("error_type") or ""
-            self._metrics.tool_duration.labels(label, error_type).observe(duration, exemplar)
+            self._child(self._metrics.tool_duration, label, error_type).observe(duration, exemplar)
             if delivered:
-                self._metrics.output_latency.labels(label).observe(duration, exemplar)
+                self._child(self._metrics.output_latency, label).observe(duration, exemplar)
             elif call.incomplete_reason is not None:
                 self._metrics.calls_without_output.labels(call.incomplete_reason.value).inc()
             self._metrics.refresh()
@@ -294,8 +319,7 @@ class SessionTelemetry:
             n.RTGUARD_HANDOFF_TO: to_agent.name,
             n.GEN_AI_AGENT_NAME: to_agent.name,
         }
-        ctx = trace.set_span_in_context(_span(call))
-        self._tracer.start_span(n.SPAN_HANDOFF, context=ctx, attributes=attributes).end()
+        self._tracer.start_span(n.SPAN_HANDOFF, context=_context(call), attributes=attributes).end()
         if self._metrics:
             self._metrics.handoffs.labels("completed").inc()
             self.agent_active(to_agent)
@@ -318,6 +342,14 @@ class SessionTelemetry:
             self._metrics.swallowed_errors.labels(place).inc()
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (they are bounded)."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _common_attributes(self) -> dict[str, Any]:
         if self._session_id is None:
@@ -342,6 +374,12 @@ def _fail_call(call: Call, error_type: str, error: BaseException | None) -> None
     """Mark the call's execute_tool span failed; the same error.type labels its duration."""
     call.annotations["error_type"] = error_type
     _fail(_span(call), error_type, error)
+
+
+def _context(call: Call) -> otel_context.Context:
+    """The context with the call's execute_tool span current: parent of its child spans."""
+    ctx = call.annotations.get("context")
+    return ctx if ctx is not None else otel_context.Context()
 
 
 def _span(call: Call) -> Span:
