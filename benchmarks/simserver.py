@@ -185,11 +185,7 @@ async def _serve_async(conn: Connection) -> None:
 
 def _status(sim: Simulator) -> SimStatus:
     answered = sum(1 for c in sim.calls.values() if c.outputs)
-    open_connections = 0
-    server = sim._server  # the simulator exposes no connection count; read-only peek
-    if server is not None:
-        open_connections = len(server.connections)
-    return SimStatus(len(sim.calls), answered, open_connections)
+    return SimStatus(len(sim.calls), answered, sim.open_connections)
 
 
 async def _wait(sim: Simulator, count: int, timeout: float) -> SimStatus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import random
 
@@ -396,3 +397,35 @@ async def test_a_transport_failing_its_own_way_ends_the_session_cleanly() -> Non
     assert closed.reason == "connection_lost"
     assert "decoder exploded" in str(closed.error)
     assert [e.reason for e in run.of_type(CallIncomplete)] == [IncompleteReason.CONNECTION_LOST]
+
+
+async def test_simulator_confirms_the_client_events_other_sdks_send() -> None:
+    from websockets.asyncio.client import connect
+
+    async with Simulator() as sim, connect(sim.url) as ws:
+        assert sim.open_connections == 1
+        await ws.recv()  # session.created
+        sent = [
+            {
+                "type": "conversation.item.truncate",
+                "item_id": "i1",
+                "content_index": 0,
+                "audio_end_ms": 5,
+            },
+            {"type": "conversation.item.delete", "item_id": "i2"},
+            {"type": "input_audio_buffer.clear"},
+            {"type": "output_audio_buffer.clear"},
+            {"type": "conversation.item.retrieve", "item_id": "i3", "event_id": "e3"},
+        ]
+        for event in sent:
+            await ws.send(json.dumps(event))
+        replies = [json.loads(await ws.recv()) for _ in sent]
+    assert [r["type"] for r in replies] == [
+        "conversation.item.truncated",
+        "conversation.item.deleted",
+        "input_audio_buffer.cleared",
+        "output_audio_buffer.cleared",
+        "error",
+    ]
+    assert replies[0]["audio_end_ms"] == 5
+    assert replies[4]["error"]["event_id"] == "e3"

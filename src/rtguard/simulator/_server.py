@@ -29,6 +29,19 @@ logger = logging.getLogger("rtguard.simulator")
 
 _ACTIVE_RESPONSE = "conversation_already_has_active_response"
 
+# Client events the simulator accepts with nothing but a confirmation: (server event, fields
+# echoed from the client event). Clients such as openai-agents send these on barge-in.
+_CONFIRMATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "input_audio_buffer.commit": ("input_audio_buffer.committed", ()),
+    "input_audio_buffer.clear": ("input_audio_buffer.cleared", ()),
+    "output_audio_buffer.clear": ("output_audio_buffer.cleared", ()),
+    "conversation.item.truncate": (
+        "conversation.item.truncated",
+        ("item_id", "content_index", "audio_end_ms"),
+    ),
+    "conversation.item.delete": ("conversation.item.deleted", ("item_id",)),
+}
+
 
 @dataclass
 class CallRecord:
@@ -66,6 +79,7 @@ class Simulator:
         self.response_creates = 0
         self.refused_response_creates = 0
         self.connections = 0
+        self.completed = 0  # calls with an output followed by response.create
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Simulator:
@@ -101,6 +115,10 @@ class Simulator:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def open_connections(self) -> int:
+        return len(self._server.connections) if self._server is not None else 0
+
+    @property
     def url(self) -> str:
         return f"ws://{self._host}:{self.port}/v1/realtime"
 
@@ -131,9 +149,7 @@ class Simulator:
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
         """Wait until ``count`` calls have an output and a following response.create."""
         async with asyncio.timeout(timeout):
-            while (
-                sum(1 for c in self.calls.values() if c.outputs and c.response_create_after) < count
-            ):
+            while self.completed < count:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -326,10 +342,17 @@ class _Connection:
             await self.on_response_create(event_id)
         elif event_type in ("response.cancel", "input_audio_buffer.append"):
             pass
-        elif event_type == "input_audio_buffer.commit":
-            await self.send(
-                {"type": "input_audio_buffer.committed", "item_id": f"item_audio_{seq}"}
-            )
+        elif event_type in _CONFIRMATIONS:
+            confirmation, fields = _CONFIRMATIONS[event_type]
+            echoed = {key: event.get(key) for key in fields}
+            if event_type == "input_audio_buffer.commit":
+                echoed["item_id"] = f"item_audio_{seq}"
+            await self.send({"type": confirmation, **echoed})
+        elif event_type == "conversation.item.retrieve":
+            # The simulator keeps no conversation items: the real server's answer for an id it
+            # does not know.
+            message = f"no item with id {event.get('item_id')!r}"
+            await self.error("invalid_request_error", "item_not_found", message, event_id)
         else:
             await self.error(
                 "invalid_request_error",
@@ -402,6 +425,7 @@ class _Connection:
         self.sim.response_creates += 1
         for record in self.pending_create:
             record.response_create_after = True
+        self.sim.completed += len(self.pending_create)
         self.pending_create.clear()
         self.sim._notify()
         self.spawn(self.respond_with_text())
