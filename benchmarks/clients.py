@@ -271,7 +271,34 @@ def _maybe_fail(frame: str | bytes, seen: set[str]) -> None:
         raise error
 
 
-class RtguardClient:
+class _SessionClient:
+    """What both library adapters share: a session, the task draining its events, and the
+    count of calls delivered so far."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._target = _Target()
+        self.received: list[ReceivedError] = []
+        self.server_errors: list[str] = []
+        self._session: Any = None
+        self._consumer: asyncio.Task[None] | None = None
+
+    @property
+    def delivered(self) -> int:
+        return self._target.delivered
+
+    async def wait_delivered(self, count: int, timeout: float) -> bool:
+        return await self._target.wait(count, timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._consumer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._consumer, 10)
+
+
+class RtguardClient(_SessionClient):
     """rtguard's RealtimeSession; the app counts OutputAcknowledged (the server confirmed)."""
 
     def __init__(
@@ -283,20 +310,11 @@ class RtguardClient:
         fail_first_send: bool = False,
         agent: Agent | None = None,
     ) -> None:
-        self.label = label
+        super().__init__(label)
         self._telemetry = telemetry
         self._config = config
         self._fail_first_send = fail_first_send
         self._agent = agent or rtguard_agent()
-        self._target = _Target()
-        self.received: list[ReceivedError] = []
-        self.server_errors: list[str] = []
-        self._session: RealtimeSession | None = None
-        self._consumer: asyncio.Task[None] | None = None
-
-    @property
-    def delivered(self) -> int:
-        return self._target.delivered
 
     async def open(self, url: str) -> None:
         transport: Transport = await WebSocketTransport.connect(url, {})
@@ -330,16 +348,6 @@ class RtguardClient:
                 return
             except Exception as exc:  # on_tool_error="raise": iterate again to continue
                 self.received.append(ReceivedError("raised from the iterator", exc))
-
-    async def wait_delivered(self, count: int, timeout: float) -> bool:
-        return await self._target.wait(count, timeout)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._consumer is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._consumer, 10)
 
 
 # --- the OpenAI Agents SDK (openai-agents) -----------------------------------------------------
@@ -405,25 +413,16 @@ def _sdk_agent() -> Any:
     )
 
 
-class AgentsSdkClient:
+class AgentsSdkClient(_SessionClient):
     """``agents.realtime``: RealtimeRunner(...).run(model_config={"url": ..., "api_key": ...});
     the app counts ``tool_end`` events (emitted after the output was sent)."""
 
     def __init__(
         self, *, label: str = "openai-agents", fail_first_send: bool = False, agent: Any = None
     ) -> None:
-        self.label = label
+        super().__init__(label)
         self._fail_first_send = fail_first_send
         self._agent = agent
-        self._target = _Target()
-        self.received: list[ReceivedError] = []
-        self.server_errors: list[str] = []
-        self._session: Any = None
-        self._consumer: asyncio.Task[None] | None = None
-
-    @property
-    def delivered(self) -> int:
-        return self._target.delivered
 
     async def open(self, url: str) -> None:
         from agents import set_tracing_disabled
@@ -470,16 +469,6 @@ class AgentsSdkClient:
                     self.server_errors.append(str(event.data.error)[:200])
         except Exception as exc:  # a stored exception: the SDK closed the session first
             self.received.append(ReceivedError("raised from the iterator", exc))
-
-    async def wait_delivered(self, count: int, timeout: float) -> bool:
-        return await self._target.wait(count, timeout)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._consumer is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._consumer, 10)
 
 
 # --- a minimal raw WebSocket client: the simulator's ceiling -----------------------------------
