@@ -5,25 +5,19 @@ the spans."""
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
 import threading
 from concurrent import futures
 from multiprocessing.connection import Connection
 from typing import Any
 
-import psutil
+from .child import ChildProcess
 
 __all__ = ["OtlpReceiverProcess"]
 
 
-class OtlpReceiverProcess:
+class OtlpReceiverProcess(ChildProcess):
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child,), name="rtguard-bench-otlp")
-        self._process.start()
-        child.close()
+        super().__init__(_serve, "rtguard-bench-otlp", farewell="exit")
         if not self._conn.poll(30):
             raise TimeoutError("the OTLP receiver did not start")
         self.port: int = self._conn.recv()
@@ -36,19 +30,6 @@ class OtlpReceiverProcess:
         self._conn.send("count")
         count: int = self._conn.recv()
         return count
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self._process.pid).cpu_times()
-        return float(times.user + times.system)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            self._conn.send("exit")
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
-        self._conn.close()
 
 
 def _serve(conn: Connection) -> None:

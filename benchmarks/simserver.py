@@ -10,16 +10,14 @@ process on the machine).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import psutil
-
 from rtguard.simulator import Scenario, Simulator
+
+from .child import ChildProcess
 
 __all__ = ["SimReport", "SimStatus", "SimulatorProcess", "percentile"]
 
@@ -72,25 +70,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-class SimulatorProcess:
+class SimulatorProcess(ChildProcess):
     """A child process that runs one Simulator at a time on 127.0.0.1."""
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child,), name="rtguard-bench-sim")
-        self._process.start()
-        child.close()
+        super().__init__(_serve, "rtguard-bench-sim", farewell=("exit",))
         self._lock = asyncio.Lock()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the simulator process has used so far."""
-        times = psutil.Process(self._process.pid).cpu_times()
-        return float(times.user + times.system)
 
     async def _ask(self, *command: Any, timeout: float = 60.0) -> Any:
         async with self._lock:
@@ -129,15 +114,6 @@ class SimulatorProcess:
         """Stop the current simulator and report on its calls."""
         report: SimReport = await self._ask("stop")
         return report
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            self._conn.send(("exit",))
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
-        self._conn.close()
 
 
 # --- the child process ------------------------------------------------------------------------
