@@ -23,7 +23,6 @@ class Handoff:
     tool_name: str
     description: str
     target: Agent | AgentFactory = field(repr=False)
-    target_name: str = ""
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -70,7 +69,6 @@ def handoff(
         tool_name=tool_name or f"transfer_to_{slug}",
         description=description or f"Hand the conversation over to the {name} agent.",
         target=target,
-        target_name=name,
     )
 
 

@@ -146,10 +146,6 @@ class Call:
     # Set by the session to hold whatever it tracks per call (telemetry); the ledger ignores it.
     annotations: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def delivered(self) -> bool:
-        return self.state is CallState.ACKNOWLEDGED
-
 
 @dataclass(frozen=True, slots=True)
 class SendOutput:
@@ -273,9 +269,6 @@ class CallLedger:
 
     def oldest_open(self) -> Call | None:
         return next(iter(self._open.values()), None)
-
-    def open_calls(self) -> list[Call]:
-        return list(self._open.values())
 
     # --- what happened to a call ----------------------------------------------------------
 

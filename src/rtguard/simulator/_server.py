@@ -79,8 +79,6 @@ class Simulator:
         self.response_creates = 0
         self.refused_response_creates = 0
         self.connections = 0
-        self.completed = 0  # calls with an output followed by response.create
-        self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -146,16 +144,6 @@ class Simulator:
                 f"{len(problems)} calls broke the invariant: " + "; ".join(problems[:20])
             )
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
-        """Wait until ``count`` calls have an output and a following response.create."""
-        async with asyncio.timeout(timeout):
-            while self.completed < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-
     # --- one client connection ----------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -195,7 +183,6 @@ class _Connection:
             for task in self.tasks:
                 task.cancel()
             await asyncio.gather(issuer, *self.tasks, return_exceptions=True)
-            self.sim._notify()
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", f"event_sim{self.number}_{next(self.ids)}")
@@ -404,7 +391,6 @@ class _Connection:
             self.spawn(self.acknowledge(item, self.scenario.faults.ack_delay))
         else:
             await self.acknowledge(item)
-        self.sim._notify()
 
     async def acknowledge(self, item: dict[str, Any], delay: float = 0.0) -> None:
         if delay:
@@ -425,9 +411,7 @@ class _Connection:
         self.sim.response_creates += 1
         for record in self.pending_create:
             record.response_create_after = True
-        self.sim.completed += len(self.pending_create)
         self.pending_create.clear()
-        self.sim._notify()
         self.spawn(self.respond_with_text())
 
     async def error(self, kind: str, code: str, message: str, event_id: str | None) -> None:
