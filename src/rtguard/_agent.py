@@ -98,5 +98,9 @@ class Agent:
     def find(self, tool_name: str) -> FunctionTool | Handoff | None:
         return self._by_name.get(tool_name)
 
+    @property
+    def tool_names(self) -> list[str]:
+        return list(self._by_name)
+
     def tool_schemas(self) -> list[dict[str, Any]]:
         return [entry.schema for entry in self._by_name.values()]

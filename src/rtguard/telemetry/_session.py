@@ -142,8 +142,7 @@ class SessionTelemetry:
     def agent_active(self, agent: Agent) -> None:
         """Export the agent's per-tool series at 0, so rates count a tool's very first call."""
         if self._metrics:
-            names = [entry["name"] for entry in agent.tool_schemas()]
-            self._metrics.export_tools([*names, n.UNKNOWN_TOOL_LABEL])
+            self._metrics.export_tools([*agent.tool_names, n.UNKNOWN_TOOL_LABEL])
 
     async def _refresh_gauges(self) -> None:
         """Multiprocess mode: keep this process's waiting-call gauges current (age grows)."""
