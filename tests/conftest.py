@@ -4,6 +4,7 @@ with spans captured by the SDK's in-memory exporter and metrics in a private reg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,8 +79,12 @@ async def run_scenario(
     loop = asyncio.get_running_loop()
     loop_errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: loop_errors.append(context))
-    async with Simulator(scenario) as sim, FaultProxy(sim.url, frame_faults) as proxy:
-        url = proxy.url if frame_faults is not None else sim.url
+    async with Simulator(scenario) as sim, contextlib.AsyncExitStack() as stack:
+        proxy = None
+        url = sim.url
+        if frame_faults is not None:  # a relay only where a test injects frame faults
+            proxy = await stack.enter_async_context(FaultProxy(sim.url, frame_faults))
+            url = proxy.url
         limit = (config or SessionConfig()).max_frame_bytes
         transport: Transport = await WebSocketTransport.connect(url, {}, max_frame_bytes=limit)
         if wrap is not None:
