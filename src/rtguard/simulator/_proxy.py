@@ -3,7 +3,8 @@
 It forwards frames both ways and, for the frames a :class:`FrameFault` matches, drops them,
 duplicates them, holds them back (so later frames overtake them: reordering, late acks), or
 cuts both TCP connections at that point, in the middle of a call. ``stall()`` pauses all
-forwarding for a while, like a network that stops moving.
+forwarding for a while, like a network that stops moving. When one side ends, the other ends
+the same way: the same close code and reason, or an abort if the connection was cut.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from .._failures import redacting_logger
 
@@ -132,15 +134,19 @@ class FaultProxy:
             max_size=None,
             logger=redacting_logger("websockets.client"),
         ) as upstream:
-            self._pairs.append((downstream, upstream))
-            pumps = [
-                asyncio.create_task(self._pump(downstream, upstream, "to_server")),
-                asyncio.create_task(self._pump(upstream, downstream, "to_client")),
-            ]
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            pair = (downstream, upstream)
+            self._pairs.append(pair)
+            try:
+                pumps = [
+                    asyncio.create_task(self._pump(downstream, upstream, "to_server")),
+                    asyncio.create_task(self._pump(upstream, downstream, "to_client")),
+                ]
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+            finally:
+                self._pairs.remove(pair)
 
     async def _pump(
         self,
@@ -168,6 +174,7 @@ class FaultProxy:
                 # "drop": forward nothing
         except ConnectionClosed:
             pass
+        await _end_like(source, sink)
 
     @staticmethod
     async def _send_later(
@@ -176,3 +183,17 @@ class FaultProxy:
         await asyncio.sleep(delay)
         with contextlib.suppress(ConnectionClosed):
             await sink.send(frame)
+
+
+async def _end_like(
+    source: ServerConnection | ClientConnection, sink: ServerConnection | ClientConnection
+) -> None:
+    """End ``sink`` as ``source`` ended: with its close code and reason (a client can tell a
+    session's expiry, 1001, from a deliberate end, 1000), or by an abort if it was cut."""
+    received = source.protocol.close_rcvd
+    if received is None:
+        sink.transport.abort()
+    elif received.code == CloseCode.NO_STATUS_RCVD:
+        await sink.close()
+    else:
+        await sink.close(received.code, received.reason)
