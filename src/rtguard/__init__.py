@@ -2,6 +2,7 @@
 issues gets exactly one model-visible output, and every failure reaches the app."""
 
 from ._agent import Agent, Handoff, handoff
+from ._config import SessionConfig
 from ._errors import (
     ConfigurationError,
     ConnectionLostError,
@@ -18,6 +19,8 @@ from ._errors import (
 )
 from ._events import (
     CallIncomplete,
+    ErrorSwallowed,
+    EventsDropped,
     HandoffCompleted,
     OutputAcknowledged,
     OutputSendFailed,
@@ -25,15 +28,18 @@ from ._events import (
     ProtocolErrorEvent,
     SessionClosed,
     SessionEvent,
+    SessionStarted,
     ToolApprovalRequested,
+    ToolCallReceived,
     ToolCallStarted,
     ToolFailed,
+    ToolRejected,
     ToolSucceeded,
 )
 from ._failures import FailureOutput, ToolFailure, default_failure_output, redact
 from ._ledger import CallState, IncompleteReason, Outcome, RetryPolicy
 from ._protocol import ServerError, ServerEvent
-from ._session import DEFAULT_URL, RealtimeSession, SessionConfig
+from ._session import DEFAULT_URL, RealtimeSession
 from ._tools import FunctionTool, function_tool
 from ._transport import Transport, WebSocketTransport
 from ._version import __version__
@@ -45,6 +51,8 @@ __all__ = [
     "CallState",
     "ConfigurationError",
     "ConnectionLostError",
+    "ErrorSwallowed",
+    "EventsDropped",
     "FailureOutput",
     "FunctionTool",
     "Handoff",
@@ -68,11 +76,14 @@ __all__ = [
     "SessionClosedError",
     "SessionConfig",
     "SessionEvent",
+    "SessionStarted",
     "ToolApprovalRequested",
     "ToolCallError",
+    "ToolCallReceived",
     "ToolCallStarted",
     "ToolFailed",
     "ToolFailure",
+    "ToolRejected",
     "ToolResultError",
     "ToolSucceeded",
     "ToolTimeoutError",

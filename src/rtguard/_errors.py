@@ -72,8 +72,12 @@ class SessionClosedError(RtguardError):
 
 
 class ServerRejectedError(RtguardError):
-    """The server answered one of our events with an ``error`` event."""
+    """The server answered one of our events with an ``error`` event.
 
-    def __init__(self, code: str | None, message: str) -> None:
+    ``error_type`` is the server's class of error: only a ``server_error`` is worth retrying.
+    """
+
+    def __init__(self, code: str | None, message: str, error_type: str | None = None) -> None:
         super().__init__(f"server refused the event: {code or 'error'}: {message}")
         self.code = code
+        self.error_type = error_type

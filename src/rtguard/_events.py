@@ -1,5 +1,9 @@
 """What the session tells the application, as typed, immutable events.
 
+The session core produces one ordered stream of these facts; the application iterates it and
+telemetry observes the very same stream, so a trace can never tell a different story than the
+app saw.
+
 Tool failures carry the ORIGINAL exception object (``error``): rtguard never wraps or
 replaces it, and each one is delivered exactly once, either as a :class:`ToolFailed` event or,
 when a policy asks for it, raised from the event iterator.
@@ -8,13 +12,18 @@ when a policy asks for it, raised from the event iterator.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._ledger import IncompleteReason, Outcome
 from ._protocol import ServerEvent
 
+if TYPE_CHECKING:
+    from ._agent import Agent
+
 __all__ = [
     "CallIncomplete",
+    "ErrorSwallowed",
+    "EventsDropped",
     "HandoffCompleted",
     "OutputAcknowledged",
     "OutputSendFailed",
@@ -23,11 +32,35 @@ __all__ = [
     "ServerEvent",
     "SessionClosed",
     "SessionEvent",
+    "SessionStarted",
     "ToolApprovalRequested",
+    "ToolCallReceived",
     "ToolCallStarted",
     "ToolFailed",
+    "ToolRejected",
     "ToolSucceeded",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """The connection is open and the agent's ``session.update`` is on its way."""
+
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallReceived:
+    """The model issued a call; ``agent`` is the agent it is bound to (active when issued).
+
+    ``arguments`` is the model's raw JSON text (None if the server sent none).
+    """
+
+    call_id: str
+    tool_name: str
+    agent: Agent
+    arguments: str | None
+    response_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +87,15 @@ class ToolSucceeded:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolRejected:
+    """The app rejected the call; ``output`` (the rejection message) is what the model gets."""
+
+    call_id: str
+    tool_name: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolFailed:
     """The call failed; ``error`` is the original exception, ``output`` what the model gets."""
 
@@ -66,6 +108,8 @@ class ToolFailed:
 
 @dataclass(frozen=True, slots=True)
 class HandoffCompleted:
+    """The server confirmed the new agent's ``session.update``; its output follows."""
+
     call_id: str
     from_agent: str
     to_agent: str
@@ -80,7 +124,8 @@ class OutputSent:
 
 @dataclass(frozen=True, slots=True)
 class OutputSendFailed:
-    """An attempt to send the output failed; ``error`` is the transport's (or server's) error."""
+    """An attempt failed: the transport raised, or the server refused it (``error`` is then a
+    :class:`~rtguard.ServerRejectedError` with the server's code)."""
 
     call_id: str
     tool_name: str
@@ -119,7 +164,7 @@ class SessionClosed:
 
 @dataclass(frozen=True, slots=True)
 class ProtocolErrorEvent:
-    """A server frame rtguard could not use; it was counted and skipped.
+    """A server frame (or a missing one) rtguard could not use; it was counted and skipped.
 
     Every frame rtguard could parse reaches the app as a :class:`ServerEvent` (audio deltas,
     transcripts, ``error`` events as :class:`~rtguard.ServerError`, the response lifecycle).
@@ -129,10 +174,43 @@ class ProtocolErrorEvent:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorSwallowed:
+    """rtguard caught ``error`` in ``place`` (a failure formatter of yours that raised, a
+    transport that failed to close) and carried on; logged and counted too."""
+
+    place: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDropped:
+    """The app fell more than ``max_queued_events`` behind: ``count`` plain server events
+    (audio and transcript deltas, ...) were dropped here. rtguard's own events never are."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFailedRaised(ToolFailed):
+    """Not yielded: a failure whose error the iterator raises (``RaiseToApp``) once the call
+    is settled. Telemetry observes it like any :class:`ToolFailed`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseToApp:
+    """Not yielded: the event iterator raises ``error`` at this point of the stream."""
+
+    error: BaseException
+
+
 SessionEvent = (
-    ToolApprovalRequested
+    SessionStarted
+    | ToolCallReceived
+    | ToolApprovalRequested
     | ToolCallStarted
     | ToolSucceeded
+    | ToolRejected
     | ToolFailed
     | HandoffCompleted
     | OutputSent
@@ -140,6 +218,8 @@ SessionEvent = (
     | OutputAcknowledged
     | CallIncomplete
     | ProtocolErrorEvent
+    | ErrorSwallowed
+    | EventsDropped
     | SessionClosed
     | ServerEvent
 )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._boundary import safe_str, type_name
 from ._ledger import Outcome
 
 __all__ = [
@@ -41,6 +42,7 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(api[_-]?key|authorization|token)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;]{8,}"),
 )
 _MAX_MESSAGE_CHARS = 500
+_MAX_NAME_CHARS = 64  # a name the model invented can be anything
 
 
 def redact(text: str) -> str:
@@ -51,8 +53,10 @@ def redact(text: str) -> str:
 
 
 def default_failure_output(failure: ToolFailure) -> str:
-    name, error = failure.tool_name, failure.error
-    message = redact(str(error))[:_MAX_MESSAGE_CHARS]
+    """Never raises, whatever the error: its ``str()`` and class name are read defensively."""
+    name, error = failure.tool_name[:_MAX_NAME_CHARS], failure.error
+    message = redact(safe_str(error)[: _MAX_MESSAGE_CHARS * 4])[:_MAX_MESSAGE_CHARS]
+    kind = type_name(error)
     match failure.outcome:
         case Outcome.UNKNOWN_TOOL:
             return f"Error: there is no tool named {name!r}. Use one of the tools you were given."
@@ -62,11 +66,10 @@ def default_failure_output(failure: ToolFailure) -> str:
             return f"Error: tool {name!r} timed out and returned no result."
         case Outcome.HANDOFF_FAILED:
             return (
-                f"Error: handoff {name!r} failed ({type(error).__name__}: {message}). "
-                "You remain the active agent."
+                f"Error: handoff {name!r} failed ({kind}: {message}). You remain the active agent."
             )
         case _:
-            return f"Error: tool {name!r} failed with {type(error).__name__}: {message}"
+            return f"Error: tool {name!r} failed with {kind}: {message}"
 
 
 class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):

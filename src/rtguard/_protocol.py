@@ -85,10 +85,17 @@ class FunctionCallReady(ServerEvent):
 
 @dataclass(frozen=True, slots=True)
 class ResponseDone(ServerEvent):
-    """The end of a model response, with every function call it held."""
+    """The end of a model response, with every function call it held.
+
+    ``status`` is the server's (``completed``, ``cancelled``, ``incomplete``, ``failed``).
+    ``unusable`` describes each function call item that could not be read (no ``call_id``):
+    it is reported, and the response's other calls still count.
+    """
 
     response_id: str | None
+    status: str | None
     calls: tuple[FunctionCall, ...]
+    unusable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +107,13 @@ class FunctionOutputConfirmed(ServerEvent):
 
 @dataclass(frozen=True, slots=True)
 class ServerError(ServerEvent):
-    """An ``error`` event; ``client_event_id`` names the client event it refers to, if any."""
+    """An ``error`` event; ``client_event_id`` names the client event it refers to, if any.
 
+    ``error_type`` is the error's class (``invalid_request_error``, ``server_error``, ...):
+    only a ``server_error`` may succeed when the same event is sent again.
+    """
+
+    error_type: str | None
     code: str | None
     message: str
     client_event_id: str | None
@@ -148,7 +160,8 @@ def _parse_arguments_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
 
 def _parse_output_item_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
     item = _object(data, "item")
-    if item.get("type") != "function_call":
+    if item.get("type") != "function_call" or item.get("status") == "incomplete":
+        # A call cut off mid-arguments (its response was cancelled) was never issued.
         return ServerEvent(event_type, data)
     return FunctionCallReady(
         event_type, data, _function_call(item, _optional_str(data, "response_id"))
@@ -161,12 +174,18 @@ def _parse_response_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
     output = response.get("output") or []
     if not isinstance(output, list):
         raise ProtocolError("invalid_field", "response.output is not a list")
-    calls = tuple(
-        _function_call(item, response_id)
-        for item in output
-        if isinstance(item, dict) and item.get("type") == "function_call"
-    )
-    return ResponseDone(event_type, data, response_id, calls)
+    calls, unusable = [], []
+    for item in output:
+        if not isinstance(item, dict) or item.get("type") != "function_call":
+            continue
+        if item.get("status") == "incomplete":
+            continue  # cut off before its arguments were complete: never issued
+        try:
+            calls.append(_function_call(item, response_id))
+        except ProtocolError as exc:
+            unusable.append(exc.detail)
+    status = _optional_str(response, "status")
+    return ResponseDone(event_type, data, response_id, status, tuple(calls), tuple(unusable))
 
 
 def _parse_item_confirmation(event_type: str, data: dict[str, Any]) -> ServerEvent:
@@ -182,6 +201,7 @@ def _parse_error(event_type: str, data: dict[str, Any]) -> ServerEvent:
     return ServerError(
         event_type,
         data,
+        error_type=_optional_str(error, "type"),
         code=_optional_str(error, "code"),
         message=message if isinstance(message, str) else "",
         client_event_id=_optional_str(error, "event_id"),

@@ -6,7 +6,6 @@ signature, so what the model is told and what is enforced cannot drift apart.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import re
@@ -17,7 +16,7 @@ from typing import Any, Literal, TypeAlias, get_type_hints, overload
 import pydantic
 import pydantic_core
 
-from ._errors import ConfigurationError, InvalidArgumentsError, ToolResultError, ToolTimeoutError
+from ._errors import ConfigurationError, InvalidArgumentsError, ToolResultError
 from ._failures import FailureOutput
 
 __all__ = ["FunctionTool", "TimeoutBehavior", "function_tool", "serialize_result"]
@@ -40,6 +39,7 @@ class FunctionTool:
     needs_approval: ApprovalPolicy = False
     failure_output: FailureOutput | None = field(default=None, repr=False)
     arguments_model: type[pydantic.BaseModel] = field(default=pydantic.BaseModel, repr=False)
+    parameters: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class FunctionTool:
             "type": "function",
             "name": self.name,
             "description": self.description,
-            "parameters": _parameters_schema(self.arguments_model),
+            "parameters": self.parameters,
         }
 
     def parse_arguments(self, arguments: str | None) -> dict[str, Any]:
@@ -76,26 +76,6 @@ class FunctionTool:
             return policy
         decision = policy(kwargs)
         return bool(await decision) if inspect.isawaitable(decision) else bool(decision)
-
-    async def call(self, kwargs: dict[str, Any]) -> Any:
-        """Run the function; a sync one runs in a worker thread, with the caller's context.
-
-        Raises ToolTimeoutError when ``timeout`` passes. A sync function cannot be stopped:
-        its thread finishes in the background and its result is discarded.
-        """
-        if inspect.iscoroutinefunction(self.func):
-            run: Awaitable[Any] = self.func(**kwargs)
-        else:
-            run = asyncio.to_thread(self.func, **kwargs)
-        if self.timeout is None:
-            return await run
-        try:
-            async with asyncio.timeout(self.timeout) as deadline:
-                return await run
-        except TimeoutError:
-            if deadline.expired():
-                raise ToolTimeoutError(self.name, self.timeout) from None
-            raise
 
 
 def serialize_result(tool_name: str, value: Any) -> str:
@@ -154,6 +134,7 @@ def function_tool(
             raise ConfigurationError(
                 f"tool name {tool_name!r} must be 1-64 characters of letters, digits, '_' or '-'"
             )
+        model = _arguments_model(tool_name, f)
         return FunctionTool(
             name=tool_name,
             description=description if description is not None else _first_paragraph(f),
@@ -162,7 +143,8 @@ def function_tool(
             timeout_behavior=timeout_behavior,
             needs_approval=needs_approval,
             failure_output=failure_output,
-            arguments_model=_arguments_model(tool_name, f),
+            arguments_model=model,
+            parameters=_parameters_schema(tool_name, model),
         )
 
     return build(func) if func is not None else build
@@ -192,8 +174,14 @@ def _arguments_model(tool_name: str, func: Callable[..., Any]) -> type[pydantic.
         ) from exc
 
 
-def _parameters_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+def _parameters_schema(tool_name: str, model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """Built once, when the tool is: a type JSON schema cannot describe is a setup mistake."""
+    try:
+        schema = model.model_json_schema()
+    except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticInvalidForJsonSchema) as exc:
+        raise ConfigurationError(
+            f"tool {tool_name!r} has a parameter type rtguard cannot describe: {exc}"
+        ) from exc
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)

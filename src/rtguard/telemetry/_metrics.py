@@ -94,6 +94,12 @@ class RtguardMetrics:
             ["result"],
             registry=registry,
         )
+        self.events_dropped = Counter(
+            n.METRIC_EVENTS_DROPPED,
+            "Plain server events (audio and transcript deltas, ...) dropped because the app "
+            "fell more than max_queued_events behind.",
+            registry=registry,
+        )
         self.active_sessions = Gauge(
             n.METRIC_ACTIVE_SESSIONS,
             "Realtime sessions currently connected.",

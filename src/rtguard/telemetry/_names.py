@@ -69,6 +69,7 @@ METRIC_CALLS_WITHOUT_OUTPUT = "rtguard_calls_without_output_total"
 METRIC_SWALLOWED_ERRORS = "rtguard_swallowed_errors_total"
 METRIC_PROTOCOL_ERRORS = "rtguard_protocol_errors_total"
 METRIC_HANDOFFS = "rtguard_handoffs_total"
+METRIC_EVENTS_DROPPED = "rtguard_events_dropped_total"
 METRIC_ACTIVE_SESSIONS = "rtguard_active_sessions"
 METRIC_BUILD_INFO = "rtguard_build_info"
 
@@ -113,7 +114,6 @@ OUTPUT_LATENCY_BUCKETS = (
 # Label values exported as 0 from the start, so alerts see a series before the first event.
 SWALLOWED_PLACES = (
     "dispatch",
-    "task",
     "failure_output",
     "response_create",
     "transport_close",
