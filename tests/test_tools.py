@@ -14,12 +14,17 @@ import pytest
 from rtguard import (
     Agent,
     ConfigurationError,
+    FunctionTool,
     InvalidArgumentsError,
+    Outcome,
     ToolResultError,
     ToolTimeoutError,
     function_tool,
     handoff,
 )
+from rtguard._core import Execute, Failed, JobResult, Returned
+from rtguard._execution import run_job
+from rtguard._ledger import Call
 from rtguard._tools import serialize_result
 
 
@@ -105,6 +110,13 @@ def test_non_serialisable_result_is_a_clear_error() -> None:
         serialize_result("t", threading.Lock())
 
 
+async def run_tool(tool: FunctionTool, **kwargs: object) -> JobResult:
+    """Run a tool the way a session does, through the user-code boundary."""
+    agent = Agent(name="tools", tools=[tool])
+    call = Call("call_1", tool.name, "{}", "call:call_1", agent, tool, received_at=0.0)
+    return await run_job(Execute(call, tool, dict(kwargs)))
+
+
 async def test_sync_tools_run_off_the_event_loop() -> None:
     loop_thread = threading.get_ident()
 
@@ -112,7 +124,9 @@ async def test_sync_tools_run_off_the_event_loop() -> None:
     def where() -> int:
         return threading.get_ident()
 
-    assert await where.call({}) != loop_thread
+    result = await run_tool(where)
+    assert isinstance(result, Returned)
+    assert int(result.text) != loop_thread
 
 
 async def test_timeouts_are_distinguished_from_a_tools_own_timeout_error() -> None:
@@ -124,10 +138,15 @@ async def test_timeouts_are_distinguished_from_a_tools_own_timeout_error() -> No
     async def own_timeout() -> None:
         raise TimeoutError("upstream timed out")
 
-    with pytest.raises(ToolTimeoutError):
-        await stuck.call({})
-    with pytest.raises(TimeoutError, match="upstream"):
-        await own_timeout.call({})
+    timed_out = await run_tool(stuck)
+    assert isinstance(timed_out, Failed)
+    assert timed_out.outcome is Outcome.TIMEOUT
+    assert isinstance(timed_out.error, ToolTimeoutError)
+    raised = await run_tool(own_timeout)
+    assert isinstance(raised, Failed)
+    assert raised.outcome is Outcome.ERROR
+    assert type(raised.error) is TimeoutError
+    assert str(raised.error) == "upstream timed out"
 
 
 async def test_approval_policy_may_be_a_callable() -> None:

@@ -132,6 +132,8 @@ class _CallTrace:
     label: str  # the tool-name label: the tool's name, or _unknown for one the model invented
     started: float
     error_type: str | None = None
+    outcome: Outcome | None = None
+    attempts: int = 0
     attempt: Span | None = None  # the latest send attempt, open until its fate is known
 
 
@@ -327,6 +329,7 @@ class SessionTelemetry:
             self._metrics.handoffs.labels("failed").inc()
 
     def _count_outcome(self, call: _CallTrace, outcome: Outcome) -> None:
+        call.outcome = outcome
         if self._metrics:
             self._child(self._metrics.tool_calls, call.label, outcome.value).inc()
 
@@ -374,6 +377,7 @@ class SessionTelemetry:
                 self._metrics.send_retries.inc()
 
     def _attempt_span(self, call: _CallTrace, attempt: int, result: str) -> Span:
+        call.attempts = attempt
         attributes = self._common_attributes() | {
             n.RTGUARD_ATTEMPT: attempt,
             n.RTGUARD_SEND_RESULT: result,
@@ -401,6 +405,9 @@ class SessionTelemetry:
             if call.error_type is None:
                 _fail_call(call, _INCOMPLETE_ERROR_TYPES[event.reason], event.last_error)
         span.set_attribute(n.RTGUARD_DELIVERED, delivered)
+        span.set_attribute(n.RTGUARD_SEND_ATTEMPTS, call.attempts)
+        if call.outcome is not None:
+            span.set_attribute(n.RTGUARD_OUTCOME, call.outcome.value)
         if self._metrics:
             exemplar = _exemplar(span)
             duration = time.monotonic() - call.started
