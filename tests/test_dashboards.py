@@ -314,7 +314,11 @@ def test_every_query_returns_data_from_a_live_prometheus(
     )
     scenario = Scenario(
         calls=calls,
-        faults=Faults(reject_output=frozenset({2}), malformed_before=frozenset({4})),
+        faults=Faults(
+            reject_output=frozenset({2}),
+            reject_type="server_error",
+            malformed_before=frozenset({4}),
+        ),
     )
     with stack(tmp_path) as s:
         s.wait_for_target_up()

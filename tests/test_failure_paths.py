@@ -19,14 +19,19 @@ from faults import FailingSends, InjectedSendError, fail_every_output, fail_firs
 from rtguard import (
     Agent,
     CallIncomplete,
+    ErrorSwallowed,
+    HandoffCompleted,
     HandoffError,
     IncompleteReason,
     InvalidArgumentsError,
     Outcome,
     RetryPolicy,
     ServerRejectedError,
+    SessionClosed,
     SessionConfig,
     ToolFailed,
+    ToolFailure,
+    ToolResultError,
     ToolTimeoutError,
     Transport,
     UnknownToolError,
@@ -74,6 +79,67 @@ async def slow_strict() -> str:
 
 
 @function_tool
+async def cancelled() -> str:
+    """Awaited work someone else cancelled."""
+    error = asyncio.CancelledError("upstream request cancelled")
+    RAISED.append(error)
+    raise error
+
+
+class Unprintable(Exception):
+    """An exception whose str() and repr() raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@function_tool
+async def unprintable() -> str:
+    error = Unprintable()
+    RAISED.append(error)
+    raise error
+
+
+@function_tool
+def sync_stop() -> str:
+    """StopIteration from a worker thread (asyncio cannot put it into a Future)."""
+    error = StopIteration("sync")
+    RAISED.append(error)
+    raise error
+
+
+@function_tool
+async def async_stop() -> str:
+    """Python turns this into a RuntimeError (PEP 479); the app gets the StopIteration."""
+    error = StopIteration("async")
+    RAISED.append(error)
+    raise error
+
+
+@function_tool
+async def stop_async() -> str:
+    error = StopAsyncIteration("would end the app's async for")
+    RAISED.append(error)
+    raise error
+
+
+@function_tool
+async def huge() -> str:
+    return "x" * 2_000_000  # over the default max_output_bytes
+
+
+def broken_formatter(failure: ToolFailure) -> str:
+    raise LookupError("formatter bug")
+
+
+def not_a_string(failure: ToolFailure) -> str:
+    return {"error": "json object"}  # type: ignore[return-value]
+
+
+@function_tool
 async def sleepy() -> str:
     """Outlives the session's close_timeout."""
     await asyncio.sleep(5)
@@ -96,7 +162,20 @@ def not_an_agent() -> Agent:
 support = Agent(
     name="support",
     instructions="You help.",
-    tools=[echo, boom, sync_boom, slow, slow_strict, sleepy],
+    tools=[
+        echo,
+        boom,
+        sync_boom,
+        slow,
+        slow_strict,
+        sleepy,
+        cancelled,
+        unprintable,
+        sync_stop,
+        async_stop,
+        stop_async,
+        huge,
+    ],
     handoffs=[
         billing,
         handoff(broken_billing, tool_name="transfer_to_broken"),
@@ -264,18 +343,109 @@ CASES: dict[str, Case] = {
         "echo",
         '{"text": "y"}',
         output="y",
-        faults=Faults(reject_output=frozenset({0})),
+        faults=Faults(reject_output=frozenset({0}), reject_type="server_error"),
         send_attempts=2,
         config=SessionConfig(retry=FAST_RETRY),
     ),
-    "server_refuses_for_good": Case(
+    "server_refuses_for_good": Case(  # an invalid_request_error is never retried
         "echo",
         '{"text": "y"}',
         outcome=None,
         incomplete=IncompleteReason.REJECTED_BY_SERVER,
         error_type="output_send_failed",
         faults=Faults(reject_output=frozenset({0})),
+    ),
+    "server_error_refusals_spent": Case(
+        "echo",
+        '{"text": "y"}',
+        outcome=None,
+        incomplete=IncompleteReason.REJECTED_BY_SERVER,
+        error_type="output_send_failed",
+        faults=Faults(reject_output=frozenset({0}), reject_type="server_error"),
         config=SessionConfig(retry=RetryPolicy(max_attempts=1)),
+    ),
+    "tool_raises_cancelled": Case(
+        "cancelled",
+        outcome=Outcome.ERROR,
+        output="CancelledError",
+        error=asyncio.CancelledError,
+        tool_raised=True,
+        error_type="CancelledError",
+    ),
+    "tool_raises_cancelled_sync_path": Case(
+        "cancelled",
+        outcome=Outcome.ERROR,
+        output="CancelledError",
+        error=asyncio.CancelledError,
+        tool_raised=True,
+        error_type="CancelledError",
+        config=SessionConfig(async_tool_calls=False),
+    ),
+    "error_str_raises": Case(
+        "unprintable",
+        outcome=Outcome.ERROR,
+        output="Unprintable",
+        error=Unprintable,
+        tool_raised=True,
+        error_type="Unprintable",
+    ),
+    "sync_tool_raises_stop_iteration": Case(
+        "sync_stop",
+        outcome=Outcome.ERROR,
+        output="StopIteration: sync",
+        error=StopIteration,
+        tool_raised=True,
+        error_type="StopIteration",
+    ),
+    "async_tool_raises_stop_iteration": Case(
+        "async_stop",
+        outcome=Outcome.ERROR,
+        output="StopIteration: async",
+        error=StopIteration,
+        tool_raised=True,
+        error_type="StopIteration",
+    ),
+    "stop_async_iteration_under_raise": Case(  # an event: raising it would end the loop
+        "stop_async",
+        outcome=Outcome.ERROR,
+        output="StopAsyncIteration",
+        error=StopAsyncIteration,
+        tool_raised=True,
+        error_type="StopAsyncIteration",
+        config=SessionConfig(on_tool_error="raise"),
+    ),
+    "result_too_large": Case(
+        "huge",
+        outcome=Outcome.ERROR,
+        output="the limit is 1000000",
+        error=ToolResultError,
+        error_type="ToolResultError",
+    ),
+    "failure_output_raises": Case(
+        "boom",
+        outcome=Outcome.ERROR,
+        output="ValueError: boom",
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
+        config=SessionConfig(failure_output=broken_formatter),
+    ),
+    "failure_output_not_a_string": Case(
+        "boom",
+        outcome=Outcome.ERROR,
+        output="ValueError: boom",
+        error=ValueError,
+        tool_raised=True,
+        error_type="ValueError",
+        config=SessionConfig(failure_output=not_a_string),
+    ),
+    "handoff_refused_by_server": Case(
+        "transfer_to_billing",
+        outcome=Outcome.HANDOFF_FAILED,
+        output="remain the active agent",
+        error=ServerRejectedError,
+        error_type="handoff_failed",
+        faults=Faults(reject_session_update=frozenset({1})),  # 0 is the session's own
     ),
     "on_tool_error_close": Case(
         "boom",
@@ -412,11 +582,28 @@ async def test_handoff_switches_agent_before_the_output() -> None:
     }
 
 
-@pytest.mark.parametrize("name", ["handoff_raises", "handoff_not_an_agent"])
+@pytest.mark.parametrize(
+    "name", ["handoff_raises", "handoff_not_an_agent", "handoff_refused_by_server"]
+)
 async def test_failed_handoff_keeps_the_agent(name: str) -> None:
     run, _ = await run_case(name)
     assert run.session.agent is support
-    assert len(run.sim.session_updates) == 1
+    assert len(run.sim.session_updates) == 1  # only the session's own was applied
+    assert run.of_type(HandoffCompleted) == []
+
+
+@pytest.mark.parametrize("name", ["failure_output_raises", "failure_output_not_a_string"])
+async def test_a_broken_failure_formatter_is_reported_and_replaced(name: str) -> None:
+    run, _ = await run_case(name)
+    (swallowed,) = run.of_type(ErrorSwallowed)
+    assert swallowed.place == "failure_output"
+    assert run.sample("rtguard_swallowed_errors_total", place="failure_output") == 1
+
+
+async def test_stop_async_iteration_does_not_end_the_apps_loop() -> None:
+    run, _ = await run_case("stop_async_iteration_under_raise")
+    assert run.raised == []
+    assert isinstance(run.events[-1], SessionClosed)  # the app kept iterating to the end
 
 
 async def test_send_failure_never_reruns_the_tool() -> None:

@@ -152,7 +152,8 @@ async def test_a_stalled_network_delays_but_loses_nothing() -> None:
 
 async def test_server_faults_refusals_and_late_acks() -> None:
     scenario = Scenario(
-        calls=calls(10), faults=Faults(reject_output=frozenset({1, 4}), ack_delay=0.05)
+        calls=calls(10),
+        faults=Faults(reject_output=frozenset({1, 4}), reject_type="server_error", ack_delay=0.05),
     )
     run, errors = await run_with([], scenario)
     run.sim.assert_invariant()

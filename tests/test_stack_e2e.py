@@ -64,7 +64,10 @@ def delivered(stack: Stack, alertname: str) -> list[dict[str, Any]]:
 def test_call_without_output_alert_reaches_the_webhook(tmp_path: Path) -> None:
     with stack(tmp_path) as s:
         s.wait_for_target_up()
-        scenario = Scenario(calls=lookups(3), faults=Faults(reject_output=frozenset({1})))
+        scenario = Scenario(
+            calls=lookups(3),
+            faults=Faults(reject_output=frozenset({1}), reject_type="server_error"),
+        )
         config = SessionConfig(retry=RetryPolicy(max_attempts=1))
         run = asyncio.run(run_session(scenario, agent, s.telemetry, config=config))
         (incomplete,) = [e for e in run.events if isinstance(e, CallIncomplete)]

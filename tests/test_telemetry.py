@@ -119,7 +119,11 @@ async def test_metric_samples_equal_the_simulators_ground_truth() -> None:
     calls += [CallSpec("invented_tool")] * 2 + [CallSpec("sometimes", "{bad")] * 2
     refused = frozenset({0, 5, 13})
     run = await run_scenario(
-        Scenario(calls=tuple(calls), calls_per_response=2, faults=Faults(reject_output=refused)),
+        Scenario(
+            calls=tuple(calls),
+            calls_per_response=2,
+            faults=Faults(reject_output=refused, reject_type="server_error"),
+        ),
         agent,
         config=SessionConfig(retry=RetryPolicy(initial_backoff=0.001)),
     )

@@ -48,7 +48,20 @@ async def call_user(func: Callable[..., Any], *args: Any, in_thread: bool = Fals
             raise  # the session cancelled this call: not a failure of the user's code
         return Raised(exc)
     except BaseException as exc:
-        return Raised(exc)
+        return Raised(_original(exc))
+
+
+def _original(error: BaseException) -> BaseException:
+    """The StopIteration a coroutine raised, not the RuntimeError Python put in its place
+    (PEP 479): the app gets the exception the user's code raised."""
+    cause = error.__cause__
+    if (
+        type(error) is RuntimeError
+        and isinstance(cause, StopIteration)
+        and error.args == ("coroutine raised StopIteration",)
+    ):
+        return cause
+    return error
 
 
 def call_user_sync(func: Callable[..., Any], *args: Any) -> Any:

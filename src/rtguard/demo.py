@@ -87,5 +87,8 @@ def demo_scenario(calls: int = 200, rate: float | None = 100.0, seed: int = 7) -
             specs.append(CallSpec("get_weather", '{"city": "Par'))
     refused = frozenset(i for i in range(calls) if i % 25 == 3)
     return Scenario(
-        calls=tuple(specs), rate=rate, calls_per_response=2, faults=Faults(reject_output=refused)
+        calls=tuple(specs),
+        rate=rate,
+        calls_per_response=2,
+        faults=Faults(reject_output=refused, reject_type="server_error"),
     )
