@@ -1,12 +1,14 @@
-"""What telemetry costs per call inside rtguard, without sockets: the ledger's transitions
-and the session's telemetry hooks for one call (response span, execute_tool span, one send
-attempt span, metrics with exemplars), with telemetry off, on, and on with 10% sampling.
+"""What rtguard costs per call without sockets: the session core deciding one call's life
+(parse its frames, run the ledger, queue the output and response.create) and telemetry
+observing the same events (response span, execute_tool span, one send attempt span, metrics
+with exemplars), with telemetry off, on, and on with 10% sampling.
 
     .venv/bin/python -m benchmarks.hooks
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,8 +17,8 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry
 
 from rtguard import Agent, SessionConfig, function_tool
-from rtguard._ledger import CallLedger, Outcome, ToolOutput
-from rtguard._protocol import FunctionCall, event_ids
+from rtguard._core import Prepare, Prepared, Returned, SessionCore
+from rtguard._events import RaiseToApp
 from rtguard.telemetry import RtguardMetrics, Telemetry
 
 CALLS = 20_000
@@ -38,35 +40,62 @@ AGENT = Agent(name="bench", tools=[echo])
 class _Session:
     """The two things SessionTelemetry reads from a session."""
 
-    config = SessionConfig()
-    agent = AGENT
+    def __init__(self, core: SessionCore) -> None:
+        self.config = core.config
+        self.ledger = core.ledger
 
-    def __init__(self) -> None:
-        self.ledger = CallLedger(event_ids=event_ids())
+
+def _frames(i: int) -> list[str]:
+    """What the server sends for one response holding one call, and the call's ack."""
+    response, call_id = f"resp_{i}", f"call_{i}"
+    item = {"type": "function_call_output", "call_id": call_id, "output": "x"}
+    events = [
+        {"type": "response.created", "response": {"id": response}},
+        {
+            "type": "response.function_call_arguments.done",
+            "response_id": response,
+            "call_id": call_id,
+            "name": "echo",
+            "arguments": '{"text": "x"}',
+        },
+        {"type": "response.done", "response": {"id": response, "status": "completed"}},
+        {"type": "conversation.item.added", "item": item},
+    ]
+    return [json.dumps(e) for e in events]
 
 
 def per_call_us(telemetry: Telemetry) -> float:
-    session = _Session()
-    hooks = telemetry.session(session)  # type: ignore[arg-type]
-    hooks.session_identified("sess_bench")
-    ledger, tool = session.ledger, AGENT.find("echo")
-    output = ToolOutput("x", Outcome.SUCCESS)
+    core = SessionCore(AGENT, SessionConfig())
+    observer = telemetry.session(_Session(core))  # type: ignore[arg-type]
+
+    def drain() -> None:
+        """The asyncio layer's drain, with the tool answering at once and writes succeeding."""
+        while True:
+            while (event := core.next_event()) is not None:
+                if not isinstance(event, RaiseToApp):
+                    observer.observe(event)
+            if (job := core.next_job()) is not None:
+                prepared = Prepared({"text": "x"}, needs_approval=False)
+                core.job_done(
+                    job.call, prepared if isinstance(job, Prepare) else Returned("x"), 0.0
+                )
+            elif (frame := core.next_frame()) is not None:
+                core.frame_written(frame, 0.0)
+            else:
+                return
+
+    core.connect(0.0)
+    drain()
+    frames = [_frames(i) for i in range(CALLS)]
     started = time.process_time()
-    for i in range(CALLS):
-        response_id, call_id = f"resp_{i}", f"call_{i}"
-        hooks.response_started(response_id)
-        call = ledger.receive(FunctionCall(call_id, "echo", "{}", response_id), time.monotonic())
-        assert call is not None
-        hooks.call_received(call, AGENT, tool)
-        with hooks.tool_context(call):
-            pass
-        hooks.output_ready(call, output)
-        ledger.output_ready(call_id, output)
-        hooks.send_attempt(call, 1, time.time_ns(), None, will_retry=False)
-        ledger.send_succeeded(call_id, 0.0)
-        hooks.response_finished(response_id)
-        ledger.acknowledged(call_id, time.monotonic())
-        hooks.call_settled(call)
+    for created, arguments, done, ack in frames:
+        core.receive_frame(created, 0.0)
+        core.receive_frame(arguments, 0.0)
+        drain()
+        core.receive_frame(done, 0.0)
+        core.receive_frame(ack, 0.0)
+        drain()
+    assert core.ledger.open_count == 0
     return (time.process_time() - started) / CALLS * 1e6
 
 

@@ -128,21 +128,23 @@ async def profile(
 
 
 RTGUARD_GROUPS = {
-    "rtguard telemetry hooks (SessionTelemetry.*), all": ("SessionTelemetry.",),
-    "- call_received: starts the execute_tool span": ("SessionTelemetry.call_received",),
-    "- send_attempt: an rtguard.send_output span per attempt": ("SessionTelemetry.send_attempt",),
-    "- response_started / response_finished: a realtime_inference span per response": (
-        "SessionTelemetry.response_started",
-        "SessionTelemetry.response_finished",
+    "rtguard telemetry (SessionTelemetry, observing events), all": ("SessionTelemetry.",),
+    "- a call received: starts the execute_tool span": ("SessionTelemetry._call_received",),
+    "- a send attempt: an rtguard.send_output span per attempt": (
+        "SessionTelemetry._output_sent",
+        "SessionTelemetry._output_send_failed",
     ),
-    "- call_settled: span attributes, end, two histograms with exemplars": (
-        "SessionTelemetry.call_settled",
+    "- a response created / done: a realtime_inference span per response": (
+        "SessionTelemetry._response_created",
+        "SessionTelemetry._response_done",
     ),
-    "- output_ready, tool_context, other hooks": (
-        "SessionTelemetry.output_ready",
-        "SessionTelemetry.tool_context",
-        "SessionTelemetry.handoff",
-        "SessionTelemetry.retry_scheduled",
+    "- a call settled: span attributes, end, two histograms with exemplars": (
+        "SessionTelemetry._settled",
+    ),
+    "- outcomes, handoffs, other events": (
+        "SessionTelemetry._tool_",
+        "SessionTelemetry._handoff",
+        "SessionTelemetry.observe",
     ),
     "OpenTelemetry SDK (spans)": ("(opentelemetry/",),
     "prometheus_client (metrics)": ("(prometheus_client/",),

@@ -84,7 +84,7 @@ def scenario_file(total: int, directory: str) -> str:
         "repeat": total // len(KINDS),
         "calls_per_response": 4,
         "max_in_flight": 64,
-        "faults": {"reject_output": list(range(13, total, 100))},
+        "faults": {"reject_output": list(range(13, total, 100)), "reject_type": "server_error"},
     }
     path = os.path.join(directory, "soak.json")
     with open(path, "w") as file:

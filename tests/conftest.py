@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
+from conformance import assert_conforms
 from rtguard import (
     Agent,
     RealtimeSession,
@@ -72,14 +73,15 @@ async def run_scenario(
 ) -> Run:
     """Run ``agent`` against ``scenario`` until every call is answered (or ``done``), then close.
 
-    With ``frame_faults``, a FaultProxy sits between the session and the simulator.
+    With ``frame_faults``, a FaultProxy sits between the session and the simulator. Every
+    frame either side sent is then checked against the official SDK's event models.
     """
     registry = CollectorRegistry()
     telemetry, exporter = make_telemetry(registry)
     loop = asyncio.get_running_loop()
     loop_errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: loop_errors.append(context))
-    async with Simulator(scenario) as sim, contextlib.AsyncExitStack() as stack:
+    async with Simulator(scenario, record_frames=True) as sim, contextlib.AsyncExitStack() as stack:
         proxy = None
         url = sim.url
         if frame_faults is not None:  # a relay only where a test injects frame faults
@@ -126,6 +128,7 @@ async def run_scenario(
             for t in asyncio.all_tasks()
             if not t.done() and "RealtimeSession" in repr(t.get_coro())
         ]
+    assert_conforms(sim)
     run.spans = list(exporter.get_finished_spans())
     loop.set_exception_handler(None)
     return run
