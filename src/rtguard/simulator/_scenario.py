@@ -1,18 +1,60 @@
-"""What the simulated model does: which calls to issue, how fast, and which faults to inject."""
+"""What the simulated model does: which calls to issue, how fast, and which faults to inject.
+
+A scenario file (YAML or JSON) is read against a schema derived from the dataclasses below:
+every field is a key and its type hint says what the key takes, so a field added here is
+accepted in files at once. Unknown keys, missing keys and wrong types are refused with the
+key's path and what it takes, in one :class:`ScenarioError` line.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import reprlib
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-__all__ = ["CallSpec", "Faults", "Scenario"]
+__all__ = ["CallSpec", "Faults", "Scenario", "ScenarioError"]
 
 _REJECT_TYPES = ("invalid_request_error", "server_error")
+# A field's own reader, for a key whose file form differs from its Python type.
+_READER = "rtguard.scenario.reader"
+
+Reader = Callable[[object, str], Any]  # (document value, its key path) -> field value
+
+
+class ScenarioError(ValueError):
+    """A scenario that does not fit its schema. ``source`` is the file, ``key`` a path such as
+    ``faults.reject_output[1]``, ``problem`` what was wrong; ``str()`` joins them in one line."""
+
+    def __init__(self, key: str, problem: str, source: str = "") -> None:
+        super().__init__(": ".join(part for part in (source, key, problem) if part))
+        self.key, self.problem, self.source = key, problem, source
+
+
+def _require(ok: bool, key: str, expected: str, value: object) -> None:
+    """The dataclasses' own checks, worded like the schema's."""
+    if not ok:
+        raise ScenarioError(key, f"must be {expected}, got {_shown(value)}")
+
+
+def _arguments_text(value: object, where: str) -> str:
+    """In a file, arguments are a mapping (sent as its JSON) or a string sent as-is."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return json.dumps(value)
+    raise ScenarioError(
+        where, f"must be a mapping of arguments or a string sent as-is, got {_shown(value)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -20,7 +62,7 @@ class CallSpec:
     """One function call; ``arguments`` is the raw JSON text the model sends (may be invalid)."""
 
     name: str
-    arguments: str = "{}"
+    arguments: str = field(default="{}", metadata={_READER: _arguments_text})
 
 
 @dataclass(frozen=True)
@@ -65,43 +107,22 @@ class Faults:
     duplicate: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
-        if self.reject_type not in _REJECT_TYPES:
-            raise ValueError(f"reject_type must be one of {_REJECT_TYPES}")
-        if self.max_session_seconds is not None and self.max_session_seconds <= 0:
-            raise ValueError("max_session_seconds must be positive")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Faults:
-        def indexes(key: str) -> frozenset[int]:
-            values: Iterable[Any] = data.get(key, ())
-            return frozenset(int(v) for v in values)
-
-        def optional(key: str) -> int | None:
-            value = data.get(key)
-            return None if value is None else int(value)
-
-        seconds = data.get("max_session_seconds")
-        return cls(
-            reject_output=indexes("reject_output"),
-            reject_code=str(data.get("reject_code", "invalid_value")),
-            reject_type=str(data.get("reject_type", "invalid_request_error")),
-            reject_session_update=indexes("reject_session_update"),
-            drop_connection_after=optional("drop_connection_after"),
-            drop_after_output=indexes("drop_after_output"),
-            drop_during_response=indexes("drop_during_response"),
-            end_after=optional("end_after"),
-            max_session_seconds=None if seconds is None else float(seconds),
-            expiry_error=bool(data.get("expiry_error", False)),
-            ack_delay=float(data.get("ack_delay", 0.0)),
-            malformed_before=indexes("malformed_before"),
-            duplicate=indexes("duplicate"),
+        _require(
+            self.reject_type in _REJECT_TYPES,
+            "reject_type",
+            " or ".join(_REJECT_TYPES),
+            self.reject_type,
         )
+        seconds = self.max_session_seconds
+        _require(seconds is None or seconds > 0, "max_session_seconds", "positive", seconds)
+        _require(self.ack_delay >= 0, "ack_delay", "0 or more seconds", self.ack_delay)
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """``rate`` calls per second, or None to issue as fast as the client answers (keeping
-    at most ``max_in_flight`` calls without an output on a connection).
+    """``rate`` calls per second; 0 or None issues them as fast as the client answers
+    (keeping at most ``max_in_flight`` calls without an output on a connection), the same
+    meaning ``--rate 0`` has on the command line.
 
     The scripted model speaks first, as soon as the client's first ``session.update`` has been
     accepted. ``stream_delay`` is the pause in seconds before each streamed delta of a
@@ -116,36 +137,220 @@ class Scenario:
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
-        if self.calls_per_response < 1 or self.max_in_flight < 1:
-            raise ValueError("calls_per_response and max_in_flight must be at least 1")
-        if self.rate is not None and self.rate <= 0:
-            raise ValueError("rate must be positive")
-        if self.stream_delay < 0:
-            raise ValueError("stream_delay must not be negative")
+        rate = self.rate
+        _require(rate is None or rate >= 0, "rate", "0 or more calls per second", rate)
+        _require(
+            self.calls_per_response >= 1,
+            "calls_per_response",
+            "at least 1",
+            self.calls_per_response,
+        )
+        _require(self.max_in_flight >= 1, "max_in_flight", "at least 1", self.max_in_flight)
+        _require(self.stream_delay >= 0, "stream_delay", "0 or more seconds", self.stream_delay)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        repeat = int(data.get("repeat", 1))
-        calls = tuple(_call_spec(c) for c in data.get("calls", ())) * repeat
-        return cls(
-            calls=calls,
-            rate=data.get("rate"),
-            calls_per_response=int(data.get("calls_per_response", 1)),
-            max_in_flight=int(data.get("max_in_flight", 32)),
-            stream_delay=float(data.get("stream_delay", 0.0)),
-            faults=Faults.from_dict(data.get("faults") or {}),
-        )
+    def from_dict(cls, data: object) -> Scenario:
+        """Build a scenario from a parsed document, checked against the schema."""
+        document = _form(_ScenarioFile).read(data, "")
+        assert isinstance(document, _ScenarioFile)
+        return document.scenario()
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<scenario>") -> Scenario:
+        """Read a scenario from YAML or JSON text (YAML is a superset of JSON); errors name
+        ``source``."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ScenarioError(_yaml_position(error), _yaml_problem(error), source) from None
+        try:
+            return cls.from_dict(data)
+        except ScenarioError as error:
+            raise ScenarioError(error.key, error.problem, source) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
-        """Read a scenario from a JSON or YAML file (YAML is a superset of JSON)."""
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a scenario must be a mapping")
-        return cls.from_dict(data)
+        """Read a scenario from a JSON or YAML file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            problem = f"cannot read the scenario file ({error.strerror})"
+            raise ScenarioError("", problem, str(path)) from None
+        except UnicodeDecodeError:
+            raise ScenarioError("", "not a text file (expected UTF-8)", str(path)) from None
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def shipped(cls, name: str) -> Scenario:
+        """One of the example scenarios that come with rtguard, by name (see
+        :meth:`shipped_names`)."""
+        resource = _shipped_folder().joinpath(f"{name}.yaml")
+        if not resource.is_file():
+            shipped = ", ".join(cls.shipped_names())
+            problem = f"neither a scenario file nor a shipped scenario (shipped: {shipped})"
+            raise ScenarioError("", problem, name)
+        return cls.parse(resource.read_text(encoding="utf-8"), f"{name} (shipped)")
+
+    @staticmethod
+    def shipped_names() -> list[str]:
+        """The names of the example scenarios in ``rtguard/simulator/scenarios``."""
+        entries = _shipped_folder().iterdir()
+        return sorted(e.name.removesuffix(".yaml") for e in entries if e.name.endswith(".yaml"))
 
 
-def _call_spec(raw: Mapping[str, Any]) -> CallSpec:
-    arguments = raw.get("arguments", {})
-    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return CallSpec(name=str(raw["name"]), arguments=text)
+@dataclass(frozen=True)
+class _ScenarioFile(Scenario):
+    """A scenario as a file writes it: ``repeat`` issues its list of calls that many times."""
+
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.repeat >= 1, "repeat", "at least 1", self.repeat)
+
+    def scenario(self) -> Scenario:
+        own = {f.name: getattr(self, f.name) for f in fields(Scenario)}
+        return Scenario(**{**own, "calls": self.calls * self.repeat})
+
+
+def _shipped_folder() -> Traversable:
+    return resources.files("rtguard.simulator").joinpath("scenarios")
+
+
+# --- the schema, derived from the type hints ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Form:
+    """How a value is written in a file: what to tell a user (``expected``, and ``plural`` for
+    a list of them), and how to read it."""
+
+    expected: str
+    plural: str
+    read: Reader
+
+
+_SCALARS: dict[object, tuple[str, str]] = {
+    bool: ("true or false", "booleans"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+}
+
+
+@functools.cache
+def _form(hint: Any) -> _Form:
+    """The file form of a type hint. A hint nothing here can read fails at once, on the first
+    scenario read, so a new field's type cannot slip through unchecked."""
+    origin, args = get_origin(hint), get_args(hint)
+    if isinstance(hint, type) and is_dataclass(hint):
+        return _mapping_form(hint)
+    if origin in (Union, types.UnionType):
+        return _union_form(args)
+    if origin is frozenset or (origin is tuple and args[1:] == (...,)):
+        return _list_form(origin, _form(args[0]))
+    if hint in _SCALARS:
+        return _scalar_form(hint)
+    raise TypeError(f"scenario files cannot express {hint!r}: teach _form in {__name__} it")
+
+
+def _scalar_form(kind: type) -> _Form:
+    expected, plural = _SCALARS[kind]
+
+    accepted = (int, float) if kind is float else (kind,)
+
+    def read(value: object, where: str) -> object:
+        # Python's bool is an int: true is never a number here, nor 1 a boolean.
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
+            raise ScenarioError(where, f"must be {expected}, got {_shown(value)}")
+        return float(value) if kind is float and isinstance(value, int) else value
+
+    return _Form(expected, plural, read)
+
+
+def _union_form(args: tuple[Any, ...]) -> _Form:
+    nullable = type(None) in args
+    alternatives = [_form(a) for a in args if a is not type(None)]
+    expected = " or ".join([a.expected for a in alternatives] + (["null"] if nullable else []))
+
+    def read(value: object, where: str) -> object:
+        if value is None and nullable:
+            return None
+        if len(alternatives) == 1:  # its own error says more than "must be X or null"
+            return alternatives[0].read(value, where)
+        for alternative in alternatives:
+            try:
+                return alternative.read(value, where)
+            except ScenarioError:
+                continue
+        raise ScenarioError(where, f"must be {expected}, got {_shown(value)}")
+
+    return _Form(expected, f"values that are each {expected}", read)
+
+
+def _list_form(collection: type, item: _Form) -> _Form:
+    expected = f"a list of {item.plural}"
+
+    def read(value: object, where: str) -> object:
+        if not isinstance(value, list):
+            raise ScenarioError(where, f"must be {expected}, got {_shown(value)}")
+        return collection(item.read(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+    return _Form(expected, f"lists of {item.plural}", read)
+
+
+def _mapping_form(cls: type) -> _Form:
+    hints = get_type_hints(cls)
+    readers: dict[str, Reader] = {
+        f.name: f.metadata.get(_READER) or _form(hints[f.name]).read for f in fields(cls)
+    }
+    required = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    expected = f"a mapping with keys {', '.join(readers)}"
+
+    def read(value: object, where: str) -> object:
+        if not isinstance(value, Mapping):
+            raise ScenarioError(where, f"must be {expected}, got {_shown(value)}")
+        for key in value:
+            if key not in readers:
+                raise ScenarioError(_join(where, str(key)), _unknown_key(str(key), readers))
+        for key in required:
+            if key not in value:
+                raise ScenarioError(_join(where, key), "missing: this key is required")
+        values = {key: readers[key](v, _join(where, key)) for key, v in value.items()}
+        try:
+            return cls(**values)
+        except ScenarioError as error:
+            raise ScenarioError(_join(where, error.key), error.problem) from None
+        except ValueError as error:
+            raise ScenarioError(where, str(error)) from None
+
+    return _Form(expected, f"mappings with keys {', '.join(readers)}", read)
+
+
+def _unknown_key(key: str, known: Mapping[str, object]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown key{hint}; the keys are {', '.join(known)}"
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _shown(value: object) -> str:
+    """A value as the file wrote it, shortened."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return reprlib.repr(value)
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"not valid YAML or JSON ({problem})"
