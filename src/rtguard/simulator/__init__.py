@@ -3,7 +3,7 @@ and a fault-injecting relay to put between a session and a server."""
 
 from ._conversation import Conversation
 from ._proxy import FaultProxy, FrameFault
-from ._scenario import CallSpec, Faults, Scenario
+from ._scenario import CallSpec, Faults, Scenario, ScenarioError
 from ._server import MALFORMED_FRAME, CallRecord, Simulator
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "Faults",
     "FrameFault",
     "Scenario",
+    "ScenarioError",
     "Simulator",
 ]
