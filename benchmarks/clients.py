@@ -317,14 +317,15 @@ class RtguardClient(_SessionClient):
         self._agent = agent or rtguard_agent()
 
     async def open(self, url: str) -> None:
-        transport: Transport = await WebSocketTransport.connect(url, {})
-        if self._fail_first_send:
-            transport = _FailFirstOutputSend(transport)
+        async def connector() -> Transport:
+            transport: Transport = await WebSocketTransport.connect(url, {})
+            return _FailFirstOutputSend(transport) if self._fail_first_send else transport
+
         self._session = RealtimeSession(
             self._agent,
             url=url,
             config=self._config,
-            transport=transport,
+            connector=connector,
             telemetry=self._telemetry,
         )
         await self._session.connect()

@@ -84,7 +84,7 @@ def per_call_us(telemetry: Telemetry) -> float:
             else:
                 return
 
-    core.connect(0.0)
+    core.connected(0.0)
     drain()
     frames = [_frames(i) for i in range(CALLS)]
     started = time.process_time()

@@ -88,11 +88,15 @@ async def run_scenario(
             proxy = await stack.enter_async_context(FaultProxy(sim.url, frame_faults))
             url = proxy.url
         limit = (config or SessionConfig()).max_frame_bytes
-        transport: Transport = await WebSocketTransport.connect(url, {}, max_frame_bytes=limit)
-        if wrap is not None:
-            transport = wrap(transport)
+
+        async def connector() -> Transport:
+            transport: Transport = await WebSocketTransport.connect(
+                url, {}, max_frame_bytes=limit
+            )
+            return wrap(transport) if wrap is not None else transport
+
         session = RealtimeSession(
-            agent, url=sim.url, config=config, transport=transport, telemetry=telemetry
+            agent, url=sim.url, config=config, connector=connector, telemetry=telemetry
         )
         run = Run(sim, session, registry=registry, loop_errors=loop_errors, proxy=proxy)
         finished = done or (

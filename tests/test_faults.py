@@ -4,6 +4,7 @@ simulator, plus simulator faults. Every test ends with the same invariant check.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from conftest import Run, run_scenario
 from invariant import assert_invariant
@@ -57,7 +58,8 @@ async def run_with(
     faults: list[FrameFault], scenario: Scenario, **kwargs: object
 ) -> tuple[Run, list[BaseException]]:
     first = len(ERRORS)
-    run = await run_scenario(scenario, agent, frame_faults=faults, config=QUICK, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("config", QUICK)
+    run = await run_scenario(scenario, agent, frame_faults=faults, **kwargs)  # type: ignore[arg-type]
     return run, ERRORS[first:]
 
 
@@ -67,7 +69,10 @@ async def test_cut_in_the_middle_of_a_call() -> None:
     )
     cut = FrameFault("to_server", "conversation.item.create:function_call_output", "cut")
     run, errors = await run_with(
-        [cut], scenario, done=lambda r: any(isinstance(e, SessionClosed) for e in r.events)
+        [cut],
+        scenario,
+        config=dataclasses.replace(QUICK, reconnect=None),
+        done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
     )
     assert_invariant(run, errors)
     reasons = {e.reason for e in run.of_type(CallIncomplete)}

@@ -176,9 +176,13 @@ async def drive(
     registry = CollectorRegistry()
     telemetry, _ = make_telemetry(registry)
     server = ScriptedServer(batch)
-    config = SessionConfig(close_timeout=1.0, response_timeout=0.05)
+    config = SessionConfig(close_timeout=1.0, response_timeout=0.05, reconnect=None)
+
+    async def connector() -> ScriptedServer:
+        return server
+
     session = RealtimeSession(
-        AGENT, transport=server, telemetry=telemetry, config=config, url="ws://unused"
+        AGENT, connector=connector, telemetry=telemetry, config=config, url="ws://unused"
     )
     events: list[Any] = []
     first = len(RAISED)

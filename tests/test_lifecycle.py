@@ -142,7 +142,7 @@ async def test_nothing_is_sent_or_counted_after_a_connection_is_lost() -> None:
         calls_per_response=2,
         faults=Faults(drop_connection_after=1),
     )
-    config = SessionConfig(response_timeout=0.1)
+    config = SessionConfig(response_timeout=0.1, reconnect=None)
     run = await run_scenario(scenario, agent, config=config, done=closed)
     await asyncio.sleep(0.3)  # past every deadline the session could have left behind
     assert run.events[-1] == run.of_type(SessionClosed)[0]
@@ -202,7 +202,7 @@ async def test_a_connection_lost_during_close_is_reported_as_lost() -> None:
     run = await run_scenario(
         Scenario(calls=(CallSpec("crawl"),)),
         agent,
-        config=SessionConfig(close_timeout=5.0),
+        config=SessionConfig(close_timeout=5.0, reconnect=None),
         frame_faults=[],
         on_event=close_then_cut,
         done=closed,

@@ -10,7 +10,7 @@ from rtguard import ProtocolError
 from rtguard._protocol import (
     FunctionCall,
     FunctionCallReady,
-    FunctionOutputConfirmed,
+    ItemConfirmed,
     ResponseCreated,
     ResponseDone,
     ServerError,
@@ -93,8 +93,17 @@ def test_response_done_lists_its_calls() -> None:
 def test_output_confirmations(kind: str) -> None:
     item = {"type": "function_call_output", "call_id": "c1", "output": "x"}
     event = parse_server_event(frame(type=kind, item=item))
-    assert isinstance(event, FunctionOutputConfirmed)
-    assert event.call_id == "c1"
+    assert isinstance(event, ItemConfirmed)
+    assert event.output_call_id == "c1"
+    assert event.final is (kind == "conversation.item.done")
+
+
+def test_other_items_are_confirmed_without_a_call_id() -> None:
+    item = {"id": "i1", "type": "message", "role": "user", "content": []}
+    event = parse_server_event(frame(type="conversation.item.done", item=item))
+    assert isinstance(event, ItemConfirmed)
+    assert event.output_call_id is None
+    assert event.item["id"] == "i1"
 
 
 def test_error_names_the_client_event() -> None:

@@ -132,7 +132,10 @@ async def test_connection_lost_accounts_for_pending_calls() -> None:
         faults=Faults(drop_connection_after=1),
     )
     run = await run_scenario(
-        scenario, agent, done=lambda r: any(isinstance(e, SessionClosed) for e in r.events)
+        scenario,
+        agent,
+        config=SessionConfig(reconnect=None),
+        done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
     )
     incomplete = run.of_type(CallIncomplete)
     assert sorted(e.call_id for e in incomplete) == sorted(run.sim.calls)
@@ -315,7 +318,7 @@ async def test_oversized_arguments_get_a_clear_failure_output() -> None:
 async def test_a_frame_over_the_limit_closes_the_connection_and_is_accounted_for() -> None:
     huge = '{"key": "' + "k" * 50_000 + '"}'
     scenario = Scenario(calls=(CallSpec("crawl"), CallSpec("lookup", huge)), rate=20)
-    config = SessionConfig(max_frame_bytes=10_000)
+    config = SessionConfig(max_frame_bytes=10_000, reconnect=None)
     run = await run_scenario(
         scenario,
         agent,
@@ -393,6 +396,7 @@ async def test_a_transport_failing_its_own_way_ends_the_session_cleanly() -> Non
     run = await run_scenario(
         scenario,
         agent,
+        config=SessionConfig(reconnect=None),
         wrap=_RecvBreaks,
         done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
     )

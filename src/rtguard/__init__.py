@@ -26,8 +26,10 @@ from ._events import (
     OutputSendFailed,
     OutputSent,
     ProtocolErrorEvent,
+    Reconnecting,
     SessionClosed,
     SessionEvent,
+    SessionResumed,
     SessionStarted,
     ToolApprovalRequested,
     ToolCallReceived,
@@ -37,11 +39,13 @@ from ._events import (
     ToolSucceeded,
 )
 from ._failures import FailureOutput, ToolFailure, default_failure_output, redact
+from ._history import ReplayPolicy, replay_all, replay_last
 from ._ledger import CallState, IncompleteReason, Outcome, RetryPolicy
 from ._protocol import ServerError, ServerEvent
+from ._reconnect import Loss, ReconnectPolicy
 from ._session import DEFAULT_URL, RealtimeSession
 from ._tools import FunctionTool, function_tool
-from ._transport import Transport, WebSocketTransport
+from ._transport import Connector, Transport, WebSocketTransport
 from ._version import __version__
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "CallState",
     "ConfigurationError",
     "ConnectionLostError",
+    "Connector",
     "ErrorSwallowed",
     "EventsDropped",
     "FailureOutput",
@@ -60,6 +65,7 @@ __all__ = [
     "HandoffError",
     "IncompleteReason",
     "InvalidArgumentsError",
+    "Loss",
     "Outcome",
     "OutputAcknowledged",
     "OutputSendFailed",
@@ -67,6 +73,9 @@ __all__ = [
     "ProtocolError",
     "ProtocolErrorEvent",
     "RealtimeSession",
+    "ReconnectPolicy",
+    "Reconnecting",
+    "ReplayPolicy",
     "RetryPolicy",
     "RtguardError",
     "ServerError",
@@ -76,6 +85,7 @@ __all__ = [
     "SessionClosedError",
     "SessionConfig",
     "SessionEvent",
+    "SessionResumed",
     "SessionStarted",
     "ToolApprovalRequested",
     "ToolCallError",
@@ -95,4 +105,6 @@ __all__ = [
     "function_tool",
     "handoff",
     "redact",
+    "replay_all",
+    "replay_last",
 ]

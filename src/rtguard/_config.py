@@ -9,6 +9,7 @@ from typing import Any, Literal
 from ._errors import ConfigurationError
 from ._failures import FailureOutput, default_failure_output
 from ._ledger import RetryPolicy
+from ._reconnect import ReconnectPolicy
 from ._transport import DEFAULT_MAX_FRAME_BYTES
 
 __all__ = ["OnToolError", "SessionConfig"]
@@ -25,12 +26,15 @@ class SessionConfig:
     "close" does the same, then closes the session.
     ``async_tool_calls=False`` runs one call at a time, in the order the model issued them,
     while the connection keeps being read.
+    ``reconnect``: how a lost connection is replaced and open calls carried to the new one
+    (None: a lost connection ends the session, its open calls ``connection_lost``).
     """
 
     async_tool_calls: bool = True
     on_tool_error: OnToolError = "continue"
     failure_output: FailureOutput = default_failure_output
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    reconnect: ReconnectPolicy | None = field(default_factory=ReconnectPolicy)
     close_timeout: float = 5.0
     ack_timeout: float = 10.0
     response_timeout: float = 60.0

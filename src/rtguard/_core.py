@@ -8,11 +8,19 @@ drains what it produced, in order:
 - :meth:`next_frame`: client frames for the single writer;
 - :meth:`next_job`: user code to run for a call (arguments and approval policy, the tool,
   a handoff factory), whose result comes back through :meth:`job_done`;
+- :meth:`next_link_action`: drop the connection, or open a new one (:class:`Disconnect`,
+  :class:`Connect`), answered by :meth:`connected` or :meth:`connect_failed`;
 - :meth:`next_deadline` / :meth:`handle_timer`: the one timer; the core owns every deadline
-  (send retry, acknowledgement, handoff confirmation, response, close).
+  (send retry, acknowledgement, handoff confirmation, response, close, reconnect, rollover).
 
 Every outcome of a call, success or any failure, flows through :meth:`_finish` into one
 ``ToolOutput`` and the same send path, and every call ends in :meth:`_settle`.
+
+A connection is only a carrier. When it ends, open calls stay open (their tools keep running)
+and the app's frames are held; on the next connection :meth:`connected` derives every frame
+the conversation needs from the state, the same way for the first connection and for any
+later one: the agent's ``session.update``, the replayed history, each open call's
+``function_call`` and then its output, the held frames.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +50,9 @@ from ._errors import (
     UnknownToolError,
 )
 from ._events import (
+    AppFrameDone,
     CallIncomplete,
+    CoreEvent,
     ErrorSwallowed,
     HandoffCompleted,
     OutputAcknowledged,
@@ -48,8 +60,9 @@ from ._events import (
     OutputSent,
     ProtocolErrorEvent,
     RaiseToApp,
+    Reconnecting,
     SessionClosed,
-    SessionEvent,
+    SessionResumed,
     SessionStarted,
     ToolApprovalRequested,
     ToolCallReceived,
@@ -60,6 +73,7 @@ from ._events import (
     ToolSucceeded,
 )
 from ._failures import ToolFailure, default_failure_output
+from ._history import DEFAULT_REPLAY_ITEMS, History, replay_last
 from ._ledger import (
     Call,
     CallLedger,
@@ -68,16 +82,20 @@ from ._ledger import (
     Outcome,
     ToolOutput,
 )
+from ._reconnect import EXPIRED_ERROR_CODE, FATAL_ERROR_CODES, Loss, classify
 from ._tools import FunctionTool
 from ._turns import Turns
 
 __all__ = [
+    "Connect",
     "CoreState",
+    "Disconnect",
     "Execute",
     "Failed",
     "Frame",
     "Job",
     "JobResult",
+    "LinkAction",
     "Prepare",
     "Prepared",
     "ResolveHandoff",
@@ -101,11 +119,29 @@ class CoreState(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A client event to write; ``call`` is set for an output attempt."""
+    """A client event to write; ``call`` is set for an output attempt. An ``app`` frame is one
+    the app sent (a message, audio): it is held while there is no connection, and its sender
+    waits for its :class:`AppFrameDone`."""
 
     event_id: str
     text: str
     call: Call | None = None
+    app: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Stop using the connection and close it (it broke, or rtguard rolls over)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a new connection (``attempt``, 1-based, since the last one ended)."""
+
+    attempt: int
+
+
+LinkAction = Disconnect | Connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +199,14 @@ JobResult = Prepared | Returned | Failed | Resolved
 # Deadline keys other than a call's own (the call's key is its Call object).
 _CLOSE = "close"
 _CREATE_BACKOFF = "response_create_backoff"
+_RECONNECT = "reconnect"
+_ROLLOVER = "rollover"  # from here, roll over at the first quiet moment
+_ROLLOVER_DEADLINE = "rollover_deadline"  # roll over now, quiet or not
+# What each unretried loss closes the session as, and what it makes of open calls.
+_FINAL_LOSSES = {
+    Loss.SERVER_CLOSED: ("server_closed", IncompleteReason.SERVER_CLOSED),
+    Loss.REFUSED: ("reconnect_failed", IncompleteReason.RECONNECT_FAILED),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,19 +224,33 @@ class _SessionUpdate:
     call: Call | None  # the handoff it applies, if any
 
 
+@dataclass(slots=True)
+class _Outage:
+    """The time without a connection, from the loss until a new one opens."""
+
+    reason: Loss
+    since: float
+    error: ConnectionLostError | None
+    attempts: int  # connection attempts so far (the last resume's, until it was confirmed)
+
+
 class SessionCore:
-    def __init__(self, agent: Agent, config: SessionConfig) -> None:
+    def __init__(
+        self, agent: Agent, config: SessionConfig, *, random: Callable[[], float] = random.random
+    ) -> None:
         self.agent = agent
         self.config = config
         self.state = CoreState.IDLE
+        self.connected_now = False  # a connection is up: frames may be handed out
         self.session_id: str | None = None
+        self._random = random
         self._turns = Turns()
         self.ledger = CallLedger(
             remember_settled=config.remember_settled_calls, on_move=self._turns.call_moved
         )
         self._deadlines = Deadlines()
         self._event_ids = protocol.event_ids()
-        self._events: deque[SessionEvent | RaiseToApp] = deque()
+        self._events: deque[CoreEvent] = deque()
         self._frames: deque[Frame] = deque()
         self._jobs: deque[Job] = deque()
         self._waiting: deque[Call] = deque()  # RECEIVED calls waiting for a tool slot
@@ -201,28 +259,46 @@ class SessionCore:
         self._response_create_id: str | None = None
         self._create_failures = 0
         self._response_deadline: _Response | None = None  # armed for the response in progress
+        self._writing: Frame | None = None  # handed to the writer, its fate not reported yet
+        self._link_actions: deque[LinkAction] = deque()
+        self._outage: _Outage | None = None
+        self._unconfirmed_attempts = 0  # of the last resume, until its session.updated
+        self._carries: dict[str, Call] = {}  # recreated function_call event_id -> call
+        self._server_error_code: str | None = None  # a connection-wide error, for the loss
+        self._rollover_due = False
+        self._user_speaking = False
+        policy = config.reconnect
+        self._history = History(policy.history_items, policy.history_bytes) if policy else None
         self._handlers = {
             protocol.SessionInfo: self._on_session_info,
             protocol.ResponseCreated: self._on_response_created,
             protocol.FunctionCallReady: self._on_function_call,
             protocol.ResponseDone: self._on_response_done,
-            protocol.FunctionOutputConfirmed: self._on_output_confirmed,
+            protocol.ItemConfirmed: self._on_item_confirmed,
+            protocol.ItemRemoved: self._on_item_removed,
+            protocol.ItemTranscribed: self._on_item_transcribed,
+            protocol.UserSpeech: self._on_user_speech,
             protocol.ServerError: self._on_server_error,
         }
 
     # --- what the asyncio layer drains ------------------------------------------------------
 
-    def next_event(self) -> SessionEvent | RaiseToApp | None:
+    def next_event(self) -> CoreEvent | None:
         return self._events.popleft() if self._events else None
 
     def next_frame(self) -> Frame | None:
-        """The next frame to write; output attempts that went stale in the queue are skipped."""
-        while self._frames:
+        """The next frame to write (None while there is no connection); output attempts that
+        went stale in the queue are skipped."""
+        while self.connected_now and self._frames:
             frame = self._frames.popleft()
             call = frame.call
             if call is None or (call.in_flight and call.event_id == frame.event_id):
+                self._writing = frame
                 return frame
         return None
+
+    def next_link_action(self) -> LinkAction | None:
+        return self._link_actions.popleft() if self._link_actions else None
 
     def next_job(self) -> Job | None:
         return self._jobs.popleft() if self._jobs else None
@@ -232,20 +308,55 @@ class SessionCore:
 
     @property
     def has_frames(self) -> bool:
-        return bool(self._frames)
+        return self.connected_now and bool(self._frames)
 
     # --- inputs: the connection -------------------------------------------------------------
 
-    def connect(self, now: float) -> str:
-        """The connection is open; returns the event id of the agent's ``session.update``."""
-        if self.state is not CoreState.IDLE:
-            raise SessionClosedError("the session is closed")
-        self.state = CoreState.OPEN
-        self._emit(SessionStarted(self.agent.name))
-        return self._send_session_update(self.agent, None)
+    def connected(self, now: float) -> None:
+        """A connection is open (the first one, or one after a loss): queue everything the
+        conversation needs on it, in order, before the app's held frames."""
+        if self.state is CoreState.CLOSED or self.connected_now:
+            return
+        if self.state is CoreState.IDLE:
+            self.state = CoreState.OPEN
+            self._emit(SessionStarted(self.agent.name))
+        held, self._frames = self._frames, deque()
+        self.connected_now = True
+        self._server_error_code = None
+        self._user_speaking = False
+        self._arm_rollover(now)
+        self._send_session_update(self.agent, None, now)
+        for call in self.ledger:
+            if call.state is CallState.HANDING_OFF:
+                assert call.handoff_to is not None
+                self._send_session_update(call.handoff_to, call, now)
+        outage, self._outage = self._outage, None
+        replayed = self._replay() if outage is not None else 0
+        carried = tuple(self._carry(call) for call in self.ledger)
+        for call in self.ledger:
+            if call.state is CallState.OUTPUT_READY:
+                self._attempt(call)
+        self._frames.extend(held)
+        if outage is not None:
+            self._unconfirmed_attempts = outage.attempts
+            gap = now - outage.since
+            self._emit(SessionResumed(outage.reason, outage.attempts, gap, replayed, carried))
+        self._after_input(now)
+
+    def connect_failed(self, error: ConnectionLostError, now: float) -> None:
+        """The attempt a :class:`Connect` asked for failed."""
+        outage = self._outage
+        if self.state is CoreState.CLOSED or outage is None:
+            return
+        outage.error = error
+        if classify(error) is Loss.REFUSED:
+            logger.error("reconnecting refused, giving up: %s", safe_str(error))
+            self._close_now("reconnect_failed", IncompleteReason.RECONNECT_FAILED, error, now)
+        else:
+            self._retry_connection(now)
 
     def receive_frame(self, frame: str | bytes, now: float) -> None:
-        if self.state is CoreState.CLOSED:
+        if self.state is CoreState.CLOSED or not self.connected_now:
             return
         try:
             event = protocol.parse_server_event(frame)
@@ -260,8 +371,13 @@ class SessionCore:
         self._after_input(now)
 
     def frame_written(self, frame: Frame, now: float) -> None:
+        if self.state is CoreState.CLOSED:
+            return
+        self._writing = None
         call = frame.call
-        if call is not None and self._current_attempt(call, frame.event_id):
+        if frame.app:
+            self._emit(AppFrameDone(frame.event_id, None))
+        elif call is not None and self._current_attempt(call, frame.event_id):
             call.in_flight = False
             self._emit(OutputSent(call.call_id, call.tool_name, call.send_attempts))
             self.ledger.move(call, CallState.OUTPUT_SENT)
@@ -276,10 +392,26 @@ class SessionCore:
         if self.state is CoreState.CLOSED:
             return
         call = frame.call
-        if call is not None and self._current_attempt(call, frame.event_id):
+        current = call is not None and self._current_attempt(call, frame.event_id)
+        if not connection_open:
+            if not self.connected_now:
+                return  # the loss was already taken in (the reader saw it first)
+            lost = error if isinstance(error, ConnectionLostError) else _lost(error)
+            reason = classify(lost, self._server_error_code)
+            if call is not None and current:
+                call.last_send_error = error
+                carried = self._reconnects(reason)
+                attempt = call.send_attempts
+                self._emit(OutputSendFailed(call.call_id, call.tool_name, attempt, error, carried))
+            self._lose_connection(reason, lost, now)  # the frame is carried with the rest
+            return
+        self._writing = None
+        if frame.app:
+            self._emit(AppFrameDone(frame.event_id, error))
+        elif call is not None and current:
             call.in_flight = False
             call.last_send_error = error
-            self._attempt_failed(call, error, now, retry=connection_open)
+            self._attempt_failed(call, error, now)
         elif frame.event_id == self._response_create_id:
             self._response_create_id = None
             self._turns.create_failed()
@@ -293,16 +425,13 @@ class SessionCore:
                 self._swallowed("response_create", error)
         else:
             self._update_refused(frame.event_id, error)
-        if not connection_open:
-            self.connection_lost(ConnectionLostError(safe_str(error)), now)
-            return
         self._after_input(now)
 
     def connection_lost(self, error: ConnectionLostError, now: float) -> None:
-        if self.state is CoreState.CLOSED:
+        """The connection ended (the reader saw it close or break)."""
+        if self.state is CoreState.CLOSED or not self.connected_now:
             return
-        logger.warning("realtime connection lost: %s", safe_str(error))
-        self._close_now("connection_lost", IncompleteReason.CONNECTION_LOST, error, now)
+        self._lose_connection(classify(error, self._server_error_code), error, now)
 
     # --- inputs: calls ---------------------------------------------------------------------
 
@@ -319,8 +448,7 @@ class SessionCore:
             case Resolved(agent=agent):
                 call.handoff_to = agent
                 self.ledger.move(call, CallState.HANDING_OFF)
-                self._send_session_update(agent, call)
-                self._deadlines.set(call, now + self.config.ack_timeout)
+                self._send_session_update(agent, call, now)
             case Returned(text=text):
                 self._finish(call, Outcome.SUCCESS, text=text)
             case Failed(outcome=outcome, error=error):
@@ -351,6 +479,12 @@ class SessionCore:
                 self._response_timed_out()
             elif key == _CLOSE:
                 self._close_now("closed", IncompleteReason.SESSION_CLOSED, None, now)
+            elif key == _RECONNECT and self._outage is not None:
+                self._link_actions.append(Connect(self._outage.attempts))
+            elif key == _ROLLOVER:
+                self._rollover_due = True
+            elif key == _ROLLOVER_DEADLINE and self.state is CoreState.OPEN:
+                self._lose_connection(Loss.ROLLOVER, None, now)
         self._after_input(now)
 
     # --- inputs: the app -------------------------------------------------------------------
@@ -367,9 +501,16 @@ class SessionCore:
     def commit_audio(self) -> str:
         return self._send_app_event(protocol.build_audio_commit)
 
-    def interrupt(self) -> str:
+    def interrupt(self) -> str | None:
         """Cancel the response in progress; its calls still get outputs, but no response is
-        asked for them: whoever interrupted (the user speaking, the app) takes the turn."""
+        asked for them: whoever interrupted (the user speaking, the app) takes the turn.
+
+        Without a connection there is no response to cancel; the one the loss cut short is
+        then not asked for again (None: nothing to send).
+        """
+        if self.state is CoreState.OPEN and not self.connected_now:
+            self._turns.wanted = False
+            return None
         return self._send_app_event(protocol.build_response_cancel)
 
     def close(self, now: float) -> None:
@@ -386,8 +527,10 @@ class SessionCore:
     def _on_session_info(self, event: protocol.SessionInfo, now: float) -> None:
         if event.session_id:
             self.session_id = event.session_id
-        if event.type == "session.updated" and self._updates:
-            self._update_applied(self._updates.popleft(), now)
+        if event.type == "session.updated":
+            self._unconfirmed_attempts = 0  # the server took the resumed connection
+            if self._updates:
+                self._update_applied(self._updates.popleft(), now)
 
     def _on_response_created(self, event: protocol.ResponseCreated, now: float) -> None:
         self._turns.response_created(event.response_id)
@@ -402,8 +545,12 @@ class SessionCore:
             self._receive_call(function_call, now)
         self._turns.response_done(event.response_id, event.status)
 
-    def _on_output_confirmed(self, event: protocol.FunctionOutputConfirmed, now: float) -> None:
-        call = self.ledger.get(event.call_id)
+    def _on_item_confirmed(self, event: protocol.ItemConfirmed, now: float) -> None:
+        if event.final and self._history is not None:
+            self._history.item_done(event.item)
+        if event.output_call_id is None:
+            return
+        call = self.ledger.get(event.output_call_id)
         if call is None or call.state not in (CallState.OUTPUT_READY, CallState.OUTPUT_SENT):
             return  # not an output of ours, or a second confirmation
         if call.in_flight:  # confirmed before our write returned: it was sent
@@ -411,19 +558,36 @@ class SessionCore:
             self._emit(OutputSent(call.call_id, call.tool_name, call.send_attempts))
         self._settle(call, CallState.ACKNOWLEDGED, None, now)
 
+    def _on_item_removed(self, event: protocol.ItemRemoved, now: float) -> None:
+        if self._history is not None:
+            self._history.remove(event.item_id)
+
+    def _on_item_transcribed(self, event: protocol.ItemTranscribed, now: float) -> None:
+        if self._history is not None:
+            self._history.transcribed(event.item_id, event.content_index, event.transcript)
+
+    def _on_user_speech(self, event: protocol.UserSpeech, now: float) -> None:
+        self._user_speaking = event.speaking
+
     def _on_server_error(self, event: protocol.ServerError, now: float) -> None:
         logger.warning(
             "server error %s: %s (for %s)", event.code, event.message, event.client_event_id
         )
         event_id = event.client_event_id
         if event_id is None:
+            if event.code in FATAL_ERROR_CODES or event.code == EXPIRED_ERROR_CODE:
+                self._server_error_code = event.code  # the close that follows is explained
             return
         error = ServerRejectedError(event.code, event.message, event.error_type)
         call = self._attempts.get(event_id)
-        if call is not None and self.ledger.get(call.call_id) is call:
+        carried = self._carries.pop(event_id, None)
+        if carried is not None and self.ledger.get(carried.call_id) is carried:
+            carried.last_send_error = error
+            self._settle(carried, CallState.INCOMPLETE, IncompleteReason.CARRY_FAILED, now)
+        elif call is not None and self.ledger.get(call.call_id) is call:
             call.in_flight = False  # refused, whatever our write reports later
             call.last_send_error = error
-            self._attempt_failed(call, error, now, retry=event.error_type == "server_error")
+            self._attempt_failed(call, error, now)
         elif event_id == self._response_create_id:
             self._response_create_id = None
             self._turns.create_refused(event.code)
@@ -557,8 +721,11 @@ class SessionCore:
         return strict_timeout or self.config.on_tool_error != "continue"
 
     def _attempt(self, call: Call) -> None:
-        """Queue the call's cached output for (another) attempt."""
+        """Queue the call's cached output for (another) attempt; without a connection it
+        waits in OUTPUT_READY for the next one."""
         assert call.output is not None
+        if not self.connected_now:
+            return
         call.send_attempts += 1
         if call.event_id is not None:
             self._attempts.pop(call.event_id, None)
@@ -572,23 +739,26 @@ class SessionCore:
         current = call.in_flight and call.event_id == event_id
         return current and self.ledger.get(call.call_id) is call
 
-    def _attempt_failed(self, call: Call, error: BaseException, now: float, *, retry: bool) -> None:
-        will_retry = retry and call.send_attempts < self.config.retry.max_attempts
+    def _attempt_failed(self, call: Call, error: BaseException, now: float) -> None:
+        """A write that raised on an open connection, or a server refusal: retried from the
+        cached output if it can succeed (a transient write error, a ``server_error``)."""
+        refused = isinstance(error, ServerRejectedError)
+        retryable = not isinstance(error, ServerRejectedError) or error.error_type == "server_error"
+        call.failed_sends += 1
+        will_retry = retryable and call.failed_sends < self.config.retry.max_attempts
         attempt = call.send_attempts
         self._emit(OutputSendFailed(call.call_id, call.tool_name, attempt, error, will_retry))
         if will_retry:
             if call.state is CallState.OUTPUT_SENT:
                 self.ledger.move(call, CallState.OUTPUT_READY)
-            delay = self.config.retry.backoff(call.send_attempts)
-            self._deadlines.set(call, now + delay)
-        elif retry or isinstance(error, ServerRejectedError):
+            self._deadlines.set(call, now + self.config.retry.backoff(call.failed_sends))
+        else:
             reason = (
                 IncompleteReason.REJECTED_BY_SERVER
-                if isinstance(error, ServerRejectedError)
+                if refused
                 else IncompleteReason.RETRIES_EXHAUSTED
             )
             self._settle(call, CallState.INCOMPLETE, reason, now)
-        # else: the connection is gone; connection_lost accounts for the call
 
     def _call_deadline(self, call: Call, now: float) -> None:
         if self.ledger.get(call.call_id) is not call:
@@ -638,14 +808,19 @@ class SessionCore:
 
     # --- handoffs: the new agent's session.update must be confirmed first ------------------
 
-    def _send_session_update(self, agent: Agent, call: Call | None) -> str:
+    def _send_session_update(self, agent: Agent, call: Call | None, now: float) -> None:
+        """Queue ``agent``'s ``session.update`` (for the handoff ``call``, which waits
+        ``ack_timeout`` for its confirmation); without a connection, the next one sends it."""
+        if not self.connected_now:
+            return
         event_id = next(self._event_ids)
         event = protocol.build_session_update(
             event_id, agent.instructions, agent.tool_schemas(), self.config.session_options
         )
         self._frames.append(Frame(event_id, protocol.encode(event)))
         self._updates.append(_SessionUpdate(event_id, call))
-        return event_id
+        if call is not None:
+            self._deadlines.set(call, now + self.config.ack_timeout)
 
     def _update_applied(self, update: _SessionUpdate, now: float) -> None:
         call = update.call
@@ -682,8 +857,8 @@ class SessionCore:
         if self.state is CoreState.CLOSED:
             return
         turns = self._turns
-        if _CREATE_BACKOFF not in self._deadlines and turns.take():
-            self._response_create_id = self._send_app_event(protocol.build_response_create)
+        if self.connected_now and _CREATE_BACKOFF not in self._deadlines and turns.take():
+            self._response_create_id = self._queue(protocol.build_response_create)
         response = _Response(turns.epoch) if turns.responding else None
         if response != self._response_deadline:
             if self._response_deadline is not None:
@@ -693,6 +868,8 @@ class SessionCore:
             self._response_deadline = response
         if self.state is CoreState.CLOSING and self.ledger.open_count == 0:
             self._close_now("closed", None, None, now)
+        elif self._rollover_due and self._quiet():
+            self._lose_connection(Loss.ROLLOVER, None, now)
 
     # --- closing ---------------------------------------------------------------------------
 
@@ -720,26 +897,144 @@ class SessionCore:
             assert incomplete is not None
             self._settle(call, CallState.INCOMPLETE, incomplete, now)
         self.state = CoreState.CLOSED
+        self.connected_now = False
         self._frames.clear()
         self._jobs.clear()
+        self._link_actions.clear()
         self._deadlines = Deadlines()
         self._emit(SessionClosed(reason, error))
+
+    # --- connections: losing one, opening the next, carrying the conversation over --------
+
+    def _reconnects(self, reason: Loss) -> bool:
+        return self.config.reconnect is not None and reason.retryable
+
+    def _lose_connection(self, reason: Loss, error: ConnectionLostError | None, now: float) -> None:
+        """Stop using the connection; carry the conversation to a new one, or end the session
+        if this loss is final."""
+        self.connected_now = False
+        self._link_actions.append(Disconnect())
+        if not self._reconnects(reason):
+            level = logging.INFO if reason is Loss.SERVER_CLOSED else logging.WARNING
+            logger.log(level, "realtime connection ended (%s): %s", reason, safe_str(error))
+            closed, incomplete = _FINAL_LOSSES.get(
+                reason, ("connection_lost", IncompleteReason.CONNECTION_LOST)
+            )
+            self._close_now(closed, incomplete, error, now)
+            return
+        level = logging.INFO if reason is Loss.ROLLOVER else logging.WARNING
+        logger.log(level, "realtime connection ended (%s): %s; reconnecting", reason, error)
+        self._suspend()
+        self._outage = _Outage(reason, now, error, self._unconfirmed_attempts)
+        self._retry_connection(now)
+
+    def _suspend(self) -> None:
+        """Forget everything tied to the connection that ended; keep every call open."""
+        writing, self._writing = self._writing, None
+        held = deque(f for f in self._frames if f.app)
+        if writing is not None and writing.app:
+            held.appendleft(writing)  # the old conversation is gone: it goes to the new one
+        self._frames = held
+        for call in self.ledger:
+            self._deadlines.clear(call)
+            call.in_flight = False
+            call.failed_sends = 0
+            if call.state is CallState.OUTPUT_SENT:
+                self.ledger.move(call, CallState.OUTPUT_READY)
+        self._attempts.clear()
+        self._carries.clear()
+        self._updates.clear()
+        self._response_create_id = None
+        self._create_failures = 0
+        for key in (_CREATE_BACKOFF, _ROLLOVER, _ROLLOVER_DEADLINE):
+            self._deadlines.clear(key)
+        self._rollover_due = False
+        self._turns.connection_lost()
+
+    def _retry_connection(self, now: float) -> None:
+        outage, policy = self._outage, self.config.reconnect
+        assert outage is not None
+        assert policy is not None
+        outage.attempts += 1
+        if outage.attempts > policy.max_attempts:
+            logger.error("could not reconnect after %d attempts", policy.max_attempts)
+            error = outage.error or ConnectionLostError("could not open a new connection")
+            self._close_now("reconnect_failed", IncompleteReason.RECONNECT_FAILED, error, now)
+            return
+        first_rollover = outage.reason is Loss.ROLLOVER and outage.attempts == 1
+        delay = 0.0 if first_rollover else policy.delay(outage.attempts, self._random)
+        self._deadlines.set(_RECONNECT, now + delay)
+        self._emit(Reconnecting(outage.reason, outage.attempts, delay, outage.error))
+
+    def _arm_rollover(self, now: float) -> None:
+        policy = self.config.reconnect
+        if policy is not None and policy.rollover_after is not None:
+            self._deadlines.set(_ROLLOVER, now + policy.rollover_after)
+            self._deadlines.set(_ROLLOVER_DEADLINE, now + policy.rollover_deadline)
+
+    def _quiet(self) -> bool:
+        """A moment to move to a new connection without cutting anything short."""
+        turns = self._turns
+        return (
+            self.state is CoreState.OPEN
+            and self.connected_now
+            and not (turns.responding or turns.wanted or self._user_speaking)
+            and self.ledger.open_count == 0
+        )
+
+    def _replay(self) -> int:
+        """Recreate the history the replay policy chooses; returns how many items."""
+        history, policy = self._history, self.config.reconnect
+        assert history is not None
+        assert policy is not None
+        default = replay_last(DEFAULT_REPLAY_ITEMS)
+        open_calls = {call.call_id for call in self.ledger}
+        items = call_user_sync(history.replay, policy.replay or default, open_calls)
+        if isinstance(items, Raised):
+            self._swallowed("replay_policy", items.error)
+            items = history.replay(default, open_calls)
+        for item in items:
+            self._queue(protocol.build_item_create, item)
+        return len(items)
+
+    def _carry(self, call: Call) -> str:
+        """Recreate an open call's ``function_call`` on the new connection, before its output
+        (a server refuses an output whose call it does not hold)."""
+        arguments = call.arguments if call.arguments is not None else ""
+        event_id = self._queue(
+            protocol.build_function_call, call.call_id, call.tool_name, arguments
+        )
+        self._carries[event_id] = call
+        return call.call_id
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _send_app_event(self, build: Any, *args: Any) -> str:
+        """Queue a frame of the app's; held while there is no connection, up to a bound."""
         if self.state is not CoreState.OPEN:
             raise SessionClosedError("the session is closed")
+        policy = self.config.reconnect
+        if not self.connected_now and policy and len(self._frames) >= policy.max_held_frames:
+            raise ConnectionLostError(
+                f"reconnecting: {len(self._frames)} frames already wait for the connection"
+            )
+        return self._queue(build, *args, app=True)
+
+    def _queue(self, build: Any, *args: Any, app: bool = False) -> str:
         event_id = next(self._event_ids)
-        self._frames.append(Frame(event_id, protocol.encode(build(event_id, *args))))
+        self._frames.append(Frame(event_id, protocol.encode(build(event_id, *args)), app=app))
         return event_id
 
-    def _emit(self, event: SessionEvent | RaiseToApp) -> None:
+    def _emit(self, event: CoreEvent) -> None:
         self._events.append(event)
 
     def _swallowed(self, place: str, error: BaseException) -> None:
         logger.error("rtguard caught %s in %s and carried on", type_name(error), place)
         self._emit(ErrorSwallowed(place, error))
+
+
+def _lost(error: BaseException) -> ConnectionLostError:
+    return ConnectionLostError(f"{type_name(error)}: {safe_str(error)}")
 
 
 def _too_long(text: str, limit: int) -> bool:

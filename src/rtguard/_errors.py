@@ -64,7 +64,26 @@ class ProtocolError(RtguardError):
 
 
 class ConnectionLostError(RtguardError):
-    """The WebSocket closed while the session still needed it."""
+    """The connection closed, or could not be opened, while the session needed it.
+
+    ``close_code`` and ``close_reason`` come from the server's WebSocket close frame (None and
+    "" when the connection broke without one); ``http_status`` is the handshake's status when
+    the server refused to open a connection. rtguard reads them to tell a deliberate end, an
+    expiry, a broken network and a refusal apart.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        close_code: int | None = None,
+        close_reason: str = "",
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.close_reason = close_reason
+        self.http_status = http_status
 
 
 class SessionClosedError(RtguardError):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ledger import IncompleteReason, Outcome
 from ._protocol import ServerEvent
+from ._reconnect import Loss
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -29,9 +30,11 @@ __all__ = [
     "OutputSendFailed",
     "OutputSent",
     "ProtocolErrorEvent",
+    "Reconnecting",
     "ServerEvent",
     "SessionClosed",
     "SessionEvent",
+    "SessionResumed",
     "SessionStarted",
     "ToolApprovalRequested",
     "ToolCallReceived",
@@ -155,8 +158,37 @@ class CallIncomplete:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """The connection ended (``reason``); attempt ``attempt`` to open a new one starts in
+    ``delay`` seconds. ``error`` is what ended it, or why the previous attempt failed (None
+    for a rollover). Open calls wait to be carried; what the app sends is held."""
+
+    reason: Loss
+    attempt: int
+    delay: float
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResumed:
+    """The conversation goes on over a new connection, ``gap`` seconds after the old one
+    ended, after ``attempts`` attempts: the active agent's ``session.update`` was sent,
+    ``replayed`` conversation items were recreated, and the calls in ``carried`` (still open
+    when the connection ended) had their ``function_call`` recreated; their outputs follow."""
+
+    reason: Loss
+    attempts: int
+    gap: float
+    replayed: int
+    carried: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed:
-    """The last event: the session ended (``reason`` "closed" or "connection_lost")."""
+    """The last event. ``reason``: "closed" (the app closed it), "server_closed" (the server
+    ended the session with a normal close), "connection_lost" (the connection ended and
+    reconnecting is off) or "reconnect_failed" (attempts spent, or a refusal such as an
+    invalid key that another attempt would meet again); ``error`` says what happened."""
 
     reason: str
     error: BaseException | None
@@ -204,6 +236,15 @@ class RaiseToApp:
     error: BaseException
 
 
+@dataclass(frozen=True, slots=True)
+class AppFrameDone:
+    """Not yielded: the app's frame ``event_id`` was written (``error`` None), or could not
+    be; the app's ``send_*`` call waiting for it returns or raises."""
+
+    event_id: str
+    error: BaseException | None
+
+
 SessionEvent = (
     SessionStarted
     | ToolCallReceived
@@ -220,6 +261,11 @@ SessionEvent = (
     | ProtocolErrorEvent
     | ErrorSwallowed
     | EventsDropped
+    | Reconnecting
+    | SessionResumed
     | SessionClosed
     | ServerEvent
 )
+
+# What the core produces besides events: instructions to the asyncio layer, in stream order.
+CoreEvent = SessionEvent | RaiseToApp | AppFrameDone

@@ -96,7 +96,10 @@ class Outcome(enum.StrEnum):
 class IncompleteReason(enum.StrEnum):
     """Why a call ended without an output the model can see."""
 
-    CONNECTION_LOST = "connection_lost"
+    CONNECTION_LOST = "connection_lost"  # the connection ended and reconnecting is off
+    RECONNECT_FAILED = "reconnect_failed"  # no new connection could be opened to carry it
+    CARRY_FAILED = "carry_failed"  # the new connection refused its recreated function_call
+    SERVER_CLOSED = "server_closed"  # the server ended the session (a normal close)
     SESSION_CLOSED = "session_closed"
     RETRIES_EXHAUSTED = "retries_exhausted"
     REJECTED_BY_SERVER = "rejected_by_server"
@@ -157,6 +160,7 @@ class Call:
     handoff_to: Agent | None = None
     output: ToolOutput | None = None
     send_attempts: int = 0
+    failed_sends: int = 0  # since the call was last carried: what the retry policy counts
     event_id: str | None = None  # of the latest attempt: what a server error refers to
     in_flight: bool = False  # the latest attempt's frame is queued or being written
     last_send_error: BaseException | None = None

@@ -19,15 +19,20 @@ from ._errors import ProtocolError
 __all__ = [
     "FunctionCall",
     "FunctionCallReady",
-    "FunctionOutputConfirmed",
+    "ItemConfirmed",
+    "ItemRemoved",
+    "ItemTranscribed",
     "ResponseCreated",
     "ResponseDone",
     "ServerError",
     "ServerEvent",
     "SessionInfo",
+    "UserSpeech",
     "build_audio_append",
     "build_audio_commit",
+    "build_function_call",
     "build_function_call_output",
+    "build_item_create",
     "build_response_cancel",
     "build_response_create",
     "build_session_update",
@@ -99,10 +104,41 @@ class ResponseDone(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionOutputConfirmed(ServerEvent):
-    """The server put a ``function_call_output`` for ``call_id`` into the conversation."""
+class ItemConfirmed(ServerEvent):
+    """The server put an item into the conversation (``added``, ``created``) or reports its
+    final state (``conversation.item.done``, ``final``).
 
-    call_id: str
+    ``output_call_id`` is set for a ``function_call_output``: the first confirmation of ours
+    acknowledges it.
+    """
+
+    item: Mapping[str, Any]
+    output_call_id: str | None
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRemoved(ServerEvent):
+    """An item left the conversation (deleted), or lost its text (truncated audio: the server
+    drops the transcript of what the user did not hear)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTranscribed(ServerEvent):
+    """The transcript of a user audio part, which arrives after its item."""
+
+    item_id: str
+    content_index: int | None
+    transcript: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpeech(ServerEvent):
+    """Server VAD heard the user start (``speaking``) or stop speaking."""
+
+    speaking: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +226,29 @@ def _parse_response_done(event_type: str, data: dict[str, Any]) -> ServerEvent:
 
 def _parse_item_confirmation(event_type: str, data: dict[str, Any]) -> ServerEvent:
     item = _object(data, "item")
-    if item.get("type") != "function_call_output":
-        return ServerEvent(event_type, data)
-    return FunctionOutputConfirmed(event_type, data, _required_str(item, "call_id"))
+    is_output = item.get("type") == "function_call_output"
+    call_id = _required_str(item, "call_id") if is_output else None
+    return ItemConfirmed(event_type, data, item, call_id, event_type == "conversation.item.done")
+
+
+def _parse_item_removed(event_type: str, data: dict[str, Any]) -> ServerEvent:
+    return ItemRemoved(event_type, data, _required_str(data, "item_id"))
+
+
+def _parse_transcription(event_type: str, data: dict[str, Any]) -> ServerEvent:
+    index = data.get("content_index")
+    transcript = data.get("transcript")
+    return ItemTranscribed(
+        event_type,
+        data,
+        _required_str(data, "item_id"),
+        index if isinstance(index, int) else None,
+        transcript if isinstance(transcript, str) else None,
+    )
+
+
+def _parse_speech(event_type: str, data: dict[str, Any]) -> ServerEvent:
+    return UserSpeech(event_type, data, event_type.endswith("speech_started"))
 
 
 def _parse_error(event_type: str, data: dict[str, Any]) -> ServerEvent:
@@ -217,6 +273,11 @@ _PARSERS = {
     "response.done": _parse_response_done,
     "error": _parse_error,
     **dict.fromkeys(_ITEM_CONFIRMATIONS, _parse_item_confirmation),
+    "conversation.item.deleted": _parse_item_removed,
+    "conversation.item.truncated": _parse_item_removed,
+    "conversation.item.input_audio_transcription.completed": _parse_transcription,
+    "input_audio_buffer.speech_started": _parse_speech,
+    "input_audio_buffer.speech_stopped": _parse_speech,
 }
 
 
@@ -266,9 +327,20 @@ def build_session_update(
     return {"type": "session.update", "event_id": event_id, "session": session}
 
 
+def build_item_create(event_id: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "conversation.item.create", "event_id": event_id, "item": item}
+
+
+def build_function_call(event_id: str, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """A function call the model issued on an earlier connection, recreated on this one so
+    that its output is accepted."""
+    item = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+    return build_item_create(event_id, item)
+
+
 def build_function_call_output(event_id: str, call_id: str, output: str) -> dict[str, Any]:
     item = {"type": "function_call_output", "call_id": call_id, "output": output}
-    return {"type": "conversation.item.create", "event_id": event_id, "item": item}
+    return build_item_create(event_id, item)
 
 
 def build_response_create(event_id: str) -> dict[str, Any]:
@@ -281,7 +353,7 @@ def build_response_cancel(event_id: str) -> dict[str, Any]:
 
 def build_user_message(event_id: str, text: str) -> dict[str, Any]:
     item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-    return {"type": "conversation.item.create", "event_id": event_id, "item": item}
+    return build_item_create(event_id, item)
 
 
 def build_audio_append(event_id: str, audio_base64: str) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 Its whole job, as in aioquic's ``QuicConnectionProtocol``, is to feed the core inputs and
 carry out what it produced, in order, right after each one (:meth:`RealtimeSession._drain`):
 
-- one reader task: each server frame goes into the core; tools never block it;
-- one writer task: the only place a frame is written, in the core's order;
+- one reader task per connection: each server frame goes into the core; tools never block it;
+- one writer task per connection: the only place a frame is written, in the core's order;
 - one timer: armed for the core's earliest deadline, whatever it is for;
-- a task per job: the user's code for a call, run by :func:`run_job`, which never raises.
+- a task per job: the user's code for a call, run by :func:`run_job`, which never raises;
+- the connections the core asks for: dropping one, opening the next with the connector.
 
 The app iterates the core's events; telemetry observes the same events, behind one guard.
 """
@@ -27,10 +28,11 @@ from opentelemetry import context as otel_context
 from ._agent import Agent
 from ._boundary import safe_str, type_name
 from ._config import SessionConfig
-from ._core import CoreState, Frame, Job, SessionCore
+from ._core import Connect, CoreState, Disconnect, Job, LinkAction, SessionCore
 from ._errors import ConfigurationError, ConnectionLostError, SessionClosedError
 from ._event_queue import EventQueue
 from ._events import (
+    AppFrameDone,
     ErrorSwallowed,
     EventsDropped,
     RaiseToApp,
@@ -41,7 +43,7 @@ from ._events import (
 from ._execution import run_job
 from ._failures import redact
 from ._ledger import CallLedger
-from ._transport import Transport, WebSocketTransport
+from ._transport import Connector, Transport, WebSocketTransport
 from .telemetry import SessionTelemetry, Telemetry
 
 __all__ = ["DEFAULT_URL", "RealtimeSession"]
@@ -59,6 +61,9 @@ class RealtimeSession:
     ``function_call_output`` the model sees, or is reported incomplete with its reason.
 
     Use it as an async context manager and iterate over it for :data:`SessionEvent` values.
+
+    ``connector`` opens each connection (the first, and any after a loss); by default a
+    WebSocket to ``url`` with ``api_key`` (or ``OPENAI_API_KEY``) as a bearer token.
     """
 
     def __init__(
@@ -68,7 +73,7 @@ class RealtimeSession:
         url: str = DEFAULT_URL,
         api_key: str | None = None,
         config: SessionConfig | None = None,
-        transport: Transport | None = None,
+        connector: Connector | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         if not isinstance(agent, Agent):
@@ -76,14 +81,16 @@ class RealtimeSession:
         self.config = config or SessionConfig()
         self._url = url
         self.__api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self._transport = transport
+        self._connector = connector or self._open_websocket
+        self._transport: Transport | None = None
         self._core = SessionCore(agent, self.config)
         self._telemetry: SessionTelemetry = (telemetry or Telemetry.default()).session(self)
         self._events = EventQueue(self.config.max_queued_events)
         self._writes: dict[str, asyncio.Future[None]] = {}  # app frames whose caller waits
         self._jobs: set[asyncio.Task[None]] = set()
-        self._reader: asyncio.Task[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._link: list[asyncio.Task[None]] = []  # the connection's reader and writer
+        self._opening: asyncio.Task[None] | None = None  # a reconnection attempt
+        self._dropped: set[asyncio.Task[None]] = set()  # old connections being closed
         self._frames_ready = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -127,32 +134,24 @@ class RealtimeSession:
         await self.close()
 
     async def connect(self) -> None:
-        """Open the connection and send the agent's ``session.update``."""
+        """Open the connection; the agent's ``session.update`` goes out first. A connection
+        that cannot be opened raises here (:class:`~rtguard.ConnectionLostError`); once one
+        was, a loss is the reconnect policy's to handle."""
         if self._core.state is CoreState.CLOSED:
             raise SessionClosedError("the session is closed")
         if self._connecting or self._core.state is not CoreState.IDLE:
             raise ConfigurationError("connect() was already called on this session")
         self._connecting = True
         try:
-            if self._transport is None:
-                self._transport = await self._open_transport()
+            transport = await self._connector()
         except BaseException:
             self._connecting = False
             raise
-        loop = asyncio.get_running_loop()
-        self._ended = loop.create_future()
-        update = self._core.connect(loop.time())
-        self._reader = loop.create_task(self._read(self._transport), name="rtguard-read")
-        self._writer = loop.create_task(self._write(self._transport), name="rtguard-write")
-        written = self._written(update)
-        self._drain()
-        try:
-            await written
-        except BaseException:
-            await self.close()
-            raise
+        self._ended = asyncio.get_running_loop().create_future()
+        self._attach(transport)
+        self._feed(self._core.connected)
 
-    async def _open_transport(self) -> Transport:
+    async def _open_websocket(self) -> Transport:
         if self._url == DEFAULT_URL and not self.__api_key:
             raise ConfigurationError("the OpenAI endpoint needs an api_key (or OPENAI_API_KEY)")
         headers = {"Authorization": f"Bearer {self.__api_key}"} if self.__api_key else {}
@@ -196,7 +195,11 @@ class RealtimeSession:
 
     async def interrupt(self) -> None:
         """Cancel the model's current response (the user started talking)."""
-        await self._send(self._core.interrupt())
+        event_id = self._core.interrupt()
+        if event_id is not None:
+            await self._send(event_id)
+        else:
+            self._drain()
 
     def approve(self, call_id: str) -> None:
         self._core.approve(call_id, self._now())
@@ -208,16 +211,59 @@ class RealtimeSession:
         self._drain()
 
     async def _send(self, event_id: str) -> None:
-        """Wait until the writer wrote the app's frame (the write's error is raised here)."""
-        written = self._written(event_id)
+        """Wait until the writer wrote the app's frame (held meanwhile if the connection is
+        being replaced); the write's error is raised here."""
+        written = self._writes[event_id] = asyncio.get_running_loop().create_future()
         self._drain()
         await written
 
-    def _written(self, event_id: str) -> asyncio.Future[None]:
-        future = self._writes[event_id] = asyncio.get_running_loop().create_future()
-        return future
+    # --- the inputs: frames in, frames out, the timer, connections -------------------------
 
-    # --- the three inputs: frames in, frames out, the timer --------------------------------
+    def _attach(self, transport: Transport) -> None:
+        """Start reading and writing a connection that just opened."""
+        loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._link = [
+            loop.create_task(self._read(transport), name="rtguard-read"),
+            loop.create_task(self._write(transport), name="rtguard-write"),
+        ]
+
+    def _detach(self) -> None:
+        """Stop using the connection (the core is done with it) and close it meanwhile."""
+        for task in self._link:
+            task.cancel()
+        self._link = []
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            task = asyncio.get_running_loop().create_task(self._close_transport(transport))
+            self._dropped.add(task)
+            task.add_done_callback(self._dropped.discard)
+
+    async def _close_transport(self, transport: Transport) -> None:
+        try:
+            await transport.close()
+        except Exception as exc:
+            logger.warning("closing the transport failed: %s", _describe(exc))
+            if self._core.state is not CoreState.CLOSED:
+                self._core.report_swallowed("transport_close", exc)
+                self._drain()
+
+    async def _reconnect(self) -> None:
+        """The attempt the core asked for; its outcome goes back to the core."""
+        policy = self.config.reconnect
+        assert policy is not None
+        try:
+            async with asyncio.timeout(policy.connect_timeout):
+                transport = await self._connector()
+        except Exception as exc:  # the connector is the app's: anything may come out
+            lost = exc if isinstance(exc, ConnectionLostError) else _lost(exc)
+            self._feed(self._core.connect_failed, lost)
+            return
+        if self._core.state is CoreState.CLOSED:  # closed while this attempt was under way
+            await self._close_transport(transport)
+            return
+        self._attach(transport)
+        self._feed(self._core.connected)
 
     async def _read(self, transport: Transport) -> None:
         core = self._core
@@ -241,20 +287,10 @@ class RealtimeSession:
             try:
                 await transport.send(frame.text)
             except Exception as exc:
-                self._write_done(frame, exc)
                 is_open = transport.is_open and not isinstance(exc, ConnectionLostError)
                 self._feed(core.frame_failed, frame, exc, is_open)
             else:
-                self._write_done(frame, None)
                 self._feed(core.frame_written, frame)
-
-    def _write_done(self, frame: Frame, error: BaseException | None) -> None:
-        future = self._writes.pop(frame.event_id, None)
-        if future is not None and not future.done():
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
 
     def _on_timer(self) -> None:
         # If call_at fired a hair early, nothing is due yet and the timer is armed again.
@@ -277,8 +313,12 @@ class RealtimeSession:
         while (event := core.next_event()) is not None:
             if isinstance(event, SessionClosed):
                 self._end(event)
+            elif isinstance(event, AppFrameDone):
+                self._frame_done(event)
             else:
                 self._deliver(event)
+        while (action := core.next_link_action()) is not None:
+            self._carry_out(action)
         while (job := core.next_job()) is not None:
             self._start_job(job)
         if core.has_frames:
@@ -292,6 +332,22 @@ class RealtimeSession:
             return  # the app gets its error raised at the RaiseToApp that follows the settle
         if not self._events.put(event):
             self._observe(EventsDropped(1))
+
+    def _frame_done(self, done: AppFrameDone) -> None:
+        future = self._writes.pop(done.event_id, None)
+        if future is not None and not future.done():
+            if done.error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(done.error)
+
+    def _carry_out(self, action: LinkAction) -> None:
+        match action:
+            case Disconnect():
+                self._detach()
+            case Connect(attempt=attempt):
+                name = f"rtguard-connect-{attempt}"
+                self._opening = asyncio.get_running_loop().create_task(self._reconnect(), name=name)
 
     def _observe(self, event: SessionEvent) -> None:
         """Telemetry sees every event, and nothing it does can reach a call."""
@@ -334,11 +390,11 @@ class RealtimeSession:
         asyncio.get_running_loop().create_task(self._shut_down(closed), name="rtguard-end")
 
     async def _shut_down(self, closed: SessionClosed) -> None:
-        tasks = [t for t in (*self._jobs, self._reader, self._writer) if t is not None]
+        tasks = [t for t in (*self._jobs, *self._link, self._opening) if t is not None]
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        if tasks or self._dropped:
+            await asyncio.wait([*tasks, *self._dropped], timeout=_CANCEL_GRACE)
         error = closed.error or SessionClosedError("the session is closed")
         for future in self._writes.values():
             if not future.done():

@@ -3,12 +3,16 @@
 The session only needs to send text, receive frames and close, so tests and users can put
 anything with these three methods between the session and the server (a fault injector, an
 in-process pipe). A transport raises :class:`~rtguard.ConnectionLostError` once the connection
-is gone; any other exception from ``send`` is treated as transient and retried.
+is gone, with the server's close code when there was one; any other exception from ``send``
+is treated as transient and retried.
+
+A session opens its connections with a :data:`Connector`, an async callable returning a new
+open transport, so that it can open another one when a connection is lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import websockets
@@ -17,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from ._errors import ConnectionLostError
 from ._failures import redacting_logger
 
-__all__ = ["Transport", "WebSocketTransport"]
+__all__ = ["Connector", "Transport", "WebSocketTransport"]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 
@@ -32,6 +36,10 @@ class Transport(Protocol):
     async def recv(self) -> str | bytes: ...
 
     async def close(self) -> None: ...
+
+
+Connector = Callable[[], Awaitable[Transport]]
+"""Opens a new connection to the server; raises ConnectionLostError if it cannot."""
 
 
 class WebSocketTransport:
@@ -60,8 +68,10 @@ class WebSocketTransport:
             )
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             # Not `raise ... from exc`'s message: handshake errors can echo request headers.
+            status = exc.response.status_code if isinstance(exc, websockets.InvalidStatus) else None
+            detail = f"HTTP {status}" if status is not None else type(exc).__name__
             raise ConnectionLostError(
-                f"could not connect to {_without_query(url)}: {type(exc).__name__}"
+                f"could not connect to {_without_query(url)}: {detail}", http_status=status
             ) from exc
         return cls(connection)
 
@@ -73,20 +83,25 @@ class WebSocketTransport:
         try:
             await self._connection.send(frame)
         except websockets.ConnectionClosed as exc:
-            raise ConnectionLostError(
-                f"connection closed ({exc.rcvd or 'no close frame'})"
-            ) from exc
+            raise _closed(exc) from exc
 
     async def recv(self) -> str | bytes:
         try:
             return await self._connection.recv()
         except websockets.ConnectionClosed as exc:
-            raise ConnectionLostError(
-                f"connection closed ({exc.rcvd or 'no close frame'})"
-            ) from exc
+            raise _closed(exc) from exc
 
     async def close(self) -> None:
         await self._connection.close()
+
+
+def _closed(exc: websockets.ConnectionClosed) -> ConnectionLostError:
+    close = exc.rcvd
+    if close is None:
+        return ConnectionLostError("connection closed (no close frame)")
+    return ConnectionLostError(
+        f"connection closed ({close})", close_code=close.code, close_reason=close.reason
+    )
 
 
 def _without_query(url: str) -> str:

@@ -81,6 +81,18 @@ class Turns:
             group.answer = status != "cancelled"
             self._settle(key, group)
 
+    def connection_lost(self) -> None:
+        """The connection ended: every response in progress ended with it, and each calls'
+        group counts as complete as issued. A response the loss cut short (or our request for
+        one) is asked for again on the new connection: nobody else will answer that turn."""
+        if self.responding:
+            self.wanted = True
+        self.responding = False
+        self._active = None
+        for key, group in list(self._groups.items()):
+            group.done = True
+            self._settle(key, group)
+
     # --- asking for a response ------------------------------------------------------------
 
     def request(self) -> None:

@@ -1,0 +1,187 @@
+"""The conversation as rtguard can recreate it on a new connection.
+
+A new Realtime connection starts with an empty conversation, and ``conversation.item.create``
+accepts ``message``, ``function_call`` and ``function_call_output`` items but no assistant
+audio. So rtguard keeps, in the server's order, what it can recreate: user and system text,
+user audio as its transcript, assistant text and audio transcripts as text, function calls
+with their arguments and outputs. It is fed from the server's ``conversation.item.done``
+(the item's final state, GA servers) and kept bounded.
+
+Which part of it a new connection gets is a :data:`ReplayPolicy`; whatever it chooses,
+:meth:`History.replay` keeps each function call paired with its output (a server refuses an
+output whose call it does not hold, and a call without an output would leave the model
+waiting), and leaves out the calls still open: those are carried by the session core itself.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+__all__ = ["History", "ReplayPolicy", "replay_all", "replay_last"]
+
+Item = dict[str, Any]
+ReplayPolicy = Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]]
+"""Given the recorded items (oldest first, in ``conversation.item.create`` form), the items a
+new connection gets, in order. It may drop, reorder or replace items (a summary as a system
+message, say)."""
+
+DEFAULT_REPLAY_ITEMS = 64
+_TEXT_PARTS = {"input_text": "text", "output_text": "text"}
+_TRANSCRIBED_PARTS = {"input_audio": "input_text", "output_audio": "output_text"}
+_ROLES = ("user", "assistant", "system")
+
+
+def replay_all(items: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """Everything recorded (itself bounded by ``ReconnectPolicy.history_items``)."""
+    return items
+
+
+def replay_last(count: int) -> ReplayPolicy:
+    """The last ``count`` recorded items."""
+    if count < 0:
+        raise ValueError("count must not be negative")
+
+    def last(items: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        return items[len(items) - count :] if count else ()
+
+    last.__name__ = f"replay_last({count})"
+    return last
+
+
+class History:
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self._items: OrderedDict[str, Item] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def items(self) -> list[Item]:
+        return list(self._items.values())
+
+    def item_done(self, item: Mapping[str, Any]) -> None:
+        """The server's final state of an item; one rtguard cannot recreate is skipped."""
+        item_id = item.get("id")
+        recreated = _recreatable(item)
+        if not isinstance(item_id, str) or recreated is None:
+            return
+        recreated["id"] = item_id
+        self._store(item_id, recreated)
+
+    def transcribed(self, item_id: str, content_index: object, transcript: object) -> None:
+        """A user audio part's transcript arrived (after the item itself)."""
+        item = self._items.get(item_id)
+        if item is None or not isinstance(transcript, str) or not isinstance(content_index, int):
+            return
+        content = item.get("content") or []
+        if 0 <= content_index < len(content):
+            content[content_index]["text"] = transcript
+            self._store(item_id, item)
+
+    def remove(self, item_id: str) -> None:
+        """The item was deleted, or truncated (the server then drops its transcript too)."""
+        if self._items.pop(item_id, None) is not None:
+            self._bytes -= self._sizes.pop(item_id)
+
+    def replay(self, policy: ReplayPolicy, open_calls: Collection[str]) -> list[Item]:
+        """What a new connection gets: ``policy``'s choice, with every output after its call
+        and every call before its output; calls in ``open_calls`` are left out (carried).
+
+        ``policy`` is user code: the caller runs it behind the boundary; this raises
+        ``TypeError`` for a choice that is not items.
+        """
+        chosen = [_checked(item) for item in policy(self.items)]
+        outputs = {i["call_id"] for i in chosen if i["type"] == "function_call_output"}
+        kept: list[Item] = []
+        called: set[str] = set()
+        for item in chosen:
+            kind = item["type"]
+            if kind == "function_call":
+                if item["call_id"] in open_calls or item["call_id"] not in outputs:
+                    continue
+                called.add(item["call_id"])
+            elif (kind == "function_call_output" and item["call_id"] not in called) or (
+                kind == "message" and not item["content"]
+            ):
+                continue
+            kept.append(item)
+        return kept
+
+    def _store(self, item_id: str, item: Item) -> None:
+        self.remove(item_id)
+        size = _size(item)
+        self._items[item_id] = item
+        self._sizes[item_id] = size
+        self._bytes += size
+        while self._items and (len(self._items) > self._max_items or self._bytes > self._max_bytes):
+            oldest, _ = self._items.popitem(last=False)
+            self._bytes -= self._sizes.pop(oldest)
+
+
+def _recreatable(item: Mapping[str, Any]) -> Item | None:
+    """``item`` as ``conversation.item.create`` takes it, or None if it cannot be recreated."""
+    kind = item.get("type")
+    fields: tuple[str, ...]
+    if kind == "function_call":
+        if item.get("status") == "incomplete":
+            return None  # cut off before its arguments were complete: never issued
+        fields = ("call_id", "name", "arguments")
+    elif kind == "function_call_output":
+        fields = ("call_id", "output")
+    elif kind == "message" and item.get("role") in _ROLES:
+        content = [part for part in map(_text_part, item.get("content") or ()) if part]
+        return {"type": "message", "role": item["role"], "content": content}
+    else:
+        return None
+    if not all(isinstance(item.get(key), str) for key in fields):
+        return None
+    return {"type": kind, **{key: item[key] for key in fields}}
+
+
+def _text_part(part: object) -> Item | None:
+    """A content part as text: audio becomes its transcript (None until one is known; kept
+    so that a later transcript finds its index)."""
+    if not isinstance(part, Mapping):
+        return None
+    kind = part.get("type")
+    if kind in _TEXT_PARTS:
+        text = part.get("text")
+        return {"type": kind, "text": text} if isinstance(text, str) else None
+    if kind in _TRANSCRIBED_PARTS:
+        transcript = part.get("transcript")
+        return {
+            "type": _TRANSCRIBED_PARTS[kind],
+            "text": transcript if isinstance(transcript, str) else None,
+        }
+    return None
+
+
+def _checked(item: object) -> Item:
+    """A policy's item, copied, with untranscribed parts left out; TypeError if unusable."""
+    if not isinstance(item, Mapping) or item.get("type") not in (
+        "message",
+        "function_call",
+        "function_call_output",
+    ):
+        raise TypeError(f"a replay policy returned {item!r:.80}, not a conversation item")
+    copied = dict(item)
+    if copied["type"] == "message":
+        parts = copied.get("content") or []
+        copied["content"] = [
+            dict(p) for p in parts if isinstance(p, Mapping) and p.get("text") is not None
+        ]
+    elif not isinstance(copied.get("call_id"), str):
+        raise TypeError(f"a replay policy returned a {copied['type']} without a call_id")
+    return copied
+
+
+def _size(item: Item) -> int:
+    texts = [item.get("arguments"), item.get("output")]
+    texts += [part.get("text") for part in item.get("content") or ()]
+    return 64 + sum(len(text) for text in texts if isinstance(text, str))
