@@ -54,16 +54,16 @@ was left without an output. Ctrl-C stops it; the calls in flight are settled fir
 
 _SIMULATE = """\
 Run only the realtime simulator, for your own app: a WebSocket server that speaks the GA
-Realtime API's events at ws://HOST:PORT/v1/realtime (the model query parameter and an
-Authorization header are accepted and not checked). It issues function calls to whichever
-app connects, once over the whole run: a new connection carries on with the next call not
-issued yet. Without --scenario it issues the demo's mix (--calls calls at --rate per second,
-two calls per response, every 25th first output refused once with a retryable
-server_error): calls to get_weather, lookup_order, refund, slow_report, transfer_to_billing,
+Realtime API's events at ws://HOST:PORT/v1/realtime (?model=NAME is read as the real API
+reads it; no API key is needed). It issues function calls to whichever app connects, once
+over the whole run: a new connection carries on with the next call not issued yet.
+Without --scenario it issues the demo's mix: --calls calls at --rate per second, two per
+response, to get_weather, lookup_order, refund, slow_report, transfer_to_billing,
 transfer_to_support and transfer_to_billing_directory, to a tool the model invents
-(get_horoscope), and with broken JSON arguments; an app without those tools answers them
-with unknown-tool outputs. Ctrl-C stops it and prints how many calls were issued and how
-many got no output."""
+(get_horoscope), and with broken JSON arguments; the first output of every 25th call is
+refused once with a retryable server_error. An app without those tools answers them with
+unknown-tool outputs. Ctrl-C stops it and prints how many calls were issued and how many
+got no output."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,6 +113,7 @@ def _parser() -> _Parser:
     demo.add_argument(
         "--metrics-port",
         type=_port,
+        metavar="PORT",
         default=9464,
         help="serve Prometheus metrics at http://ADDR:PORT/metrics; 0: no metrics server "
         "(default: %(default)s)",
@@ -148,6 +149,7 @@ def _parser() -> _Parser:
     simulate.add_argument(
         "--port",
         type=_port,
+        metavar="PORT",
         default=8765,
         help="the port to listen on; 0: any free port, printed at start (default: %(default)s)",
     )
@@ -166,11 +168,13 @@ def _add_call_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--calls",
         type=_positive_int,
+        metavar="N",
         help=f"how many calls of the demo's mix to issue (default: {DEFAULT_CALLS})",
     )
     command.add_argument(
         "--rate",
         type=_non_negative_float,
+        metavar="PER_SECOND",
         help=f"calls per second; 0: as fast as the app answers, as rate: 0 in a scenario "
         f"file (default: {DEFAULT_RATE:g})",
     )
@@ -213,6 +217,7 @@ def _demo(args: argparse.Namespace, scenario: Scenario) -> int:
 
 
 async def _simulate(scenario: Scenario, host: str, port: int) -> int:
+    stop = stop_on_signals()
     sim = Simulator(scenario, host=host, port=port)
     try:
         await sim.start()
@@ -226,7 +231,7 @@ async def _simulate(scenario: Scenario, host: str, port: int) -> int:
             file=sys.stderr,
             flush=True,
         )
-        await stop_on_signals().wait()
+        await stop.wait()
     finally:
         await sim.stop()
     print(f"calls issued {len(sim.calls)}, without output {len(sim.unanswered())}", file=sys.stderr)
