@@ -28,7 +28,7 @@ _REJECT_TYPES = ("invalid_request_error", "server_error")
 # A field's own reader, for a key whose file form differs from its Python type.
 _READER = "rtguard.scenario.reader"
 
-Reader = Callable[[object, str], Any]  # (document value, its key path) -> field value
+_Reader = Callable[[object, str], Any]  # (document value, its key path) -> field value
 
 
 class ScenarioError(ValueError):
@@ -227,7 +227,7 @@ class _Form:
 
     expected: str
     plural: str
-    read: Reader
+    read: _Reader
 
 
 _SCALARS: dict[object, tuple[str, str]] = {
@@ -256,7 +256,6 @@ def _form(hint: Any) -> _Form:
 
 def _scalar_form(kind: type) -> _Form:
     expected, plural = _SCALARS[kind]
-
     accepted = (int, float) if kind is float else (kind,)
 
     def read(value: object, where: str) -> object:
@@ -301,7 +300,7 @@ def _list_form(collection: type, item: _Form) -> _Form:
 
 def _mapping_form(cls: type) -> _Form:
     hints = get_type_hints(cls)
-    readers: dict[str, Reader] = {
+    readers: dict[str, _Reader] = {
         f.name: f.metadata.get(_READER) or _form(hints[f.name]).read for f in fields(cls)
     }
     required = [
