@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from core_harness import Core, billing, output_frames, support
 from rtguard import (
-    Agent,
     CallIncomplete,
     ErrorSwallowed,
     HandoffCompleted,
@@ -32,15 +32,12 @@ from rtguard import (
     ToolRejected,
     ToolResultError,
     ToolSucceeded,
-    function_tool,
 )
 from rtguard._core import (
     CoreState,
     Execute,
     Failed,
     Frame,
-    Job,
-    Prepare,
     Prepared,
     Resolved,
     ResolveHandoff,
@@ -49,110 +46,6 @@ from rtguard._core import (
 )
 from rtguard._events import RaiseToApp, ToolFailedRaised
 from rtguard._ledger import CallState, InvalidTransition
-
-
-@function_tool
-def lookup(key: str) -> str:
-    return key
-
-
-@function_tool(timeout=1, timeout_behavior="raise_exception")
-def strict() -> str:
-    return ""
-
-
-billing = Agent(name="billing", instructions="Billing.", tools=[lookup])
-support = Agent(name="support", tools=[lookup, strict], handoffs=[billing])
-FAST = RetryPolicy(max_attempts=3, initial_backoff=0.1)
-
-
-class Core:
-    """Drives a SessionCore the way the asyncio layer does, with a hand-moved clock."""
-
-    def __init__(self, **config: Any) -> None:
-        config.setdefault("retry", FAST)
-        self.core = SessionCore(support, SessionConfig(**config))
-        self.now = 0.0
-        self.events: list[Any] = []
-        self.frames: list[Frame] = []  # produced, not written yet
-        self.produced: list[Frame] = []  # every frame, for take()
-        self.jobs: list[Job] = []
-        self.core.connected(self.now)
-        self.drain()
-        self.server("session.updated", session={"type": "realtime", "id": "sess_1"})
-        self.write_all()
-        self.take("session.update")
-
-    def drain(self) -> None:
-        core = self.core
-        while (event := core.next_event()) is not None:
-            self.events.append(event)
-        while (frame := core.next_frame()) is not None:
-            self.frames.append(frame)
-            self.produced.append(frame)
-        while (job := core.next_job()) is not None:
-            self.jobs.append(job)
-
-    def server(self, event_type: str, **fields: Any) -> None:
-        self.core.receive_frame(json.dumps({"type": event_type, **fields}), self.now)
-        self.drain()
-
-    def call(self, call_id: str, name: str = "lookup", response: str | None = "resp_1") -> None:
-        args = '{"key": "k"}' if name == "lookup" else "{}"
-        self.server(
-            "response.function_call_arguments.done",
-            call_id=call_id,
-            name=name,
-            arguments=args,
-            response_id=response,
-        )
-
-    def response_done(self, response: str = "resp_1", status: str = "completed") -> None:
-        self.server("response.done", response={"id": response, "status": status, "output": []})
-
-    def finish_job(self, call_id: str, result: Any = None) -> None:
-        """Complete the pending job of ``call_id`` (the tool returns "ok" by default)."""
-        job = next(j for j in self.jobs if j.call.call_id == call_id)
-        self.jobs.remove(job)
-        if result is None:
-            result = Prepared({}, needs_approval=False) if isinstance(job, Prepare) else None
-            result = result or Returned("ok")
-        self.core.job_done(job.call, result, self.now)
-        self.drain()
-
-    def run(self, call_id: str, result: Any = None) -> None:
-        """Prepare and execute a call's tool."""
-        self.finish_job(call_id)
-        self.finish_job(call_id, result)
-
-    def write_all(self) -> None:
-        while self.frames:
-            frame = self.frames.pop(0)
-            self.core.frame_written(frame, self.now)
-            self.drain()
-
-    def take(self, event_type: str) -> list[dict[str, Any]]:
-        """The frames of that type produced since the last take() of that type."""
-        taken = [f for f in self.produced if json.loads(f.text)["type"] == event_type]
-        self.produced = [f for f in self.produced if f not in taken]
-        self.frames = [f for f in self.frames if f not in taken]
-        return [json.loads(f.text) for f in taken]
-
-    def ack(self, call_id: str) -> None:
-        item = {"type": "function_call_output", "call_id": call_id, "output": "ok"}
-        self.server("conversation.item.added", item=item)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.core.handle_timer(self.now)
-        self.drain()
-
-    def of_type(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if type(e) is kind]
-
-
-def output_frames(frames: list[Frame]) -> list[Frame]:
-    return [f for f in frames if f.call is not None]
 
 
 def test_one_response_create_per_response_after_its_done_and_every_output() -> None:

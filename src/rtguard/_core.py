@@ -266,7 +266,7 @@ class SessionCore:
         self._carries: dict[str, Call] = {}  # recreated function_call event_id -> call
         self._server_error_code: str | None = None  # a connection-wide error, for the loss
         self._rollover_due = False
-        self._user_speaking = False
+        self._user_turn = False  # the user spoke; no response has started since
         policy = config.reconnect
         self._history = History(policy.history_items, policy.history_bytes) if policy else None
         self._handlers = {
@@ -323,7 +323,7 @@ class SessionCore:
         held, self._frames = self._frames, deque()
         self.connected_now = True
         self._server_error_code = None
-        self._user_speaking = False
+        self._user_turn = False
         self._arm_rollover(now)
         self._send_session_update(self.agent, None, now)
         for call in self.ledger:
@@ -534,6 +534,7 @@ class SessionCore:
 
     def _on_response_created(self, event: protocol.ResponseCreated, now: float) -> None:
         self._turns.response_created(event.response_id)
+        self._user_turn = False  # answered (or pre-empted); being in progress keeps it unquiet
 
     def _on_function_call(self, event: protocol.FunctionCallReady, now: float) -> None:
         self._receive_call(event.call, now)
@@ -567,7 +568,8 @@ class SessionCore:
             self._history.transcribed(event.item_id, event.content_index, event.transcript)
 
     def _on_user_speech(self, event: protocol.UserSpeech, now: float) -> None:
-        self._user_speaking = event.speaking
+        if event.speaking:
+            self._user_turn = True
 
     def _on_server_error(self, event: protocol.ServerError, now: float) -> None:
         logger.warning(
@@ -978,7 +980,7 @@ class SessionCore:
         return (
             self.state is CoreState.OPEN
             and self.connected_now
-            and not (turns.responding or turns.wanted or self._user_speaking)
+            and not (turns.responding or turns.wanted or self._user_turn)
             and self.ledger.open_count == 0
         )
 
