@@ -63,6 +63,7 @@ def test_shipped_scenario_through_the_demo(name: str) -> None:
     left_without_output = sum(n for row, n in outcomes.items() if row.startswith("incomplete:"))
     assert rows["incomplete calls"] == str(left_without_output)
     assert rows["sends retried after refusal"] == str(RETRIED.get(name, 0))
+    assert rows["connections replaced"] == "0"
     # The simulator's own count agrees: a call rtguard reports incomplete has no output there.
     invariant = f"{left_without_output} violations" if left_without_output else "holds"
     assert rows["simulator invariant"] == invariant

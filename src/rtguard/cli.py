@@ -73,6 +73,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class _ErrorsToStderr(logging.Handler):
+    """Log errors only: per-call warnings (a reconnect, a retried send) would scroll the view
+    away, and the summary counts what they say. Writes to ``sys.stderr`` as it is at the time,
+    so under the live view a record prints above it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
 class _Mistake(Exception):
     """A usage mistake found after parsing (conflicting options, a port in use)."""
 
@@ -80,8 +96,7 @@ class _Mistake(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    # Per-call warnings would scroll the live view away; the summary counts them.
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, handlers=[_ErrorsToStderr()])
     command = f"{parser.prog} {args.command}"
     try:
         scenario = _scenario(args)

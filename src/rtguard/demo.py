@@ -23,7 +23,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from ._agent import Agent, handoff
-from ._events import CallIncomplete, OutputAcknowledged, OutputSendFailed, ToolApprovalRequested
+from ._events import (
+    CallIncomplete,
+    OutputAcknowledged,
+    OutputSendFailed,
+    SessionResumed,
+    ToolApprovalRequested,
+)
 from ._ledger import Outcome
 from ._session import RealtimeSession
 from ._tools import function_tool
@@ -150,6 +156,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=1000))  # for the live view
     retried_sends: int = 0
+    resumed: int = 0  # connections replaced, the conversation carried on
 
     @property
     def settled(self) -> int:
@@ -164,6 +171,8 @@ class Tally:
             self.incomplete[event.reason.value] += 1
         elif isinstance(event, OutputSendFailed) and event.will_retry:
             self.retried_sends += 1
+        elif isinstance(event, SessionResumed):
+            self.resumed += 1
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,7 @@ class DemoReport:
         rows += [(f"incomplete: {name}", str(n)) for name, n in sorted(tally.incomplete.items())]
         rows.append(("incomplete calls", str(tally.incomplete.total())))
         rows.append(("sends retried after refusal", str(tally.retried_sends)))
+        rows.append(("connections replaced", str(tally.resumed)))
         if tally.latencies:
             p50, p99 = _percentiles(tally.latencies)
             rows.append(("time to output p50", f"{p50 * 1000:.2f} ms"))
@@ -367,6 +377,7 @@ def _live_panel(tally: Tally, elapsed: float) -> RenderableType:
     for name, n in sorted(tally.incomplete.items()):
         counts.add_row(f"[red]incomplete: {name}[/]", str(n))
     counts.add_row("sends retried after refusal", str(tally.retried_sends))
+    counts.add_row("connections replaced", str(tally.resumed))
     if tally.recent:
         p50, p99 = _percentiles(tally.recent)
         counts.add_row(
