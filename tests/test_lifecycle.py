@@ -369,3 +369,47 @@ async def _answer_cancel(peer: Peer) -> None:
     }
     await peer.send("error", error=error)
     await peer.drain()
+
+
+@function_tool
+async def stubborn() -> str:
+    """Takes a while to give up when cancelled."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.3)
+        raise
+    return "late"
+
+
+async def test_close_is_prompt_while_the_server_keeps_streaming() -> None:
+    """Once the session stops reading, frames back up; past websockets' queue limit it stops
+    reading the socket, and without discarding them its close waited close_timeout (10 s)
+    for an answer it could not read."""
+
+    async def call_then_stream(peer: Peer) -> None:
+        await peer.until("session.update")
+        await peer.send(
+            "response.function_call_arguments.done",
+            response_id="r1",
+            item_id="i1",
+            output_index=0,
+            call_id="c1",
+            name="stubborn",
+            arguments="{}",
+        )
+        while True:  # the model speaks on; nothing makes it stop
+            await peer.send("response.output_audio.delta", response_id="r1", delta="AAAA")
+            await asyncio.sleep(0.001)
+
+    streaming = Agent(name="streaming", tools=[stubborn])
+    config = SessionConfig(close_timeout=0.1, reconnect=None)
+    async with ScriptedWebSocket(call_then_stream) as server:
+        session = RealtimeSession(streaming, url=server.url, config=config)
+        await session.connect()
+        async for event in session:
+            if isinstance(event, ToolCallStarted):
+                break
+        started = time.monotonic()
+        await session.close()
+        assert time.monotonic() - started < 3.0

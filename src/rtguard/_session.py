@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import logging
 import os
@@ -230,23 +231,22 @@ class RealtimeSession:
 
     def _detach(self) -> None:
         """Stop using the connection (the core is done with it) and close it meanwhile."""
-        for task in self._link:
+        link, self._link = self._link, []
+        for task in link:
             task.cancel()
-        self._link = []
         transport, self._transport = self._transport, None
         if transport is not None:
-            task = asyncio.get_running_loop().create_task(self._close_transport(transport))
+            task = asyncio.get_running_loop().create_task(self._drop(transport, link))
             self._dropped.add(task)
             task.add_done_callback(self._dropped.discard)
 
-    async def _close_transport(self, transport: Transport) -> None:
-        try:
-            await transport.close()
-        except Exception as exc:
-            logger.warning("closing the transport failed: %s", _describe(exc))
-            if self._core.state is not CoreState.CLOSED:
-                self._core.report_swallowed("transport_close", exc)
-                self._drain()
+    async def _drop(self, transport: Transport, link: list[asyncio.Task[None]]) -> None:
+        if link:
+            await asyncio.wait(link, timeout=_CANCEL_GRACE)  # its reader is done reading
+        error = await _close(transport)
+        if error is not None and self._core.state is not CoreState.CLOSED:
+            self._core.report_swallowed("transport_close", error)
+            self._drain()
 
     async def _reconnect(self) -> None:
         """The attempt the core asked for; its outcome goes back to the core."""
@@ -260,7 +260,7 @@ class RealtimeSession:
             self._feed(self._core.connect_failed, lost)
             return
         if self._core.state is CoreState.CLOSED:  # closed while this attempt was under way
-            await self._close_transport(transport)
+            await _close(transport)
             return
         self._attach(transport)
         self._feed(self._core.connected)
@@ -401,11 +401,9 @@ class RealtimeSession:
                 future.set_exception(error)
         self._writes.clear()
         if self._transport is not None:
-            try:
-                await self._transport.close()
-            except Exception as exc:
-                logger.warning("closing the transport failed: %s", _describe(exc))
-                self._deliver(ErrorSwallowed("transport_close", exc))
+            failed = await _close(self._transport)
+            if failed is not None:
+                self._deliver(ErrorSwallowed("transport_close", failed))
         self._deliver(closed)
         self._events.end()
         assert self._ended is not None
@@ -414,6 +412,27 @@ class RealtimeSession:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
+
+
+async def _close(transport: Transport) -> Exception | None:
+    """Close a connection nobody reads any more, discarding what still arrives meanwhile: a
+    peer whose frames back up unread (a WebSocket stops reading past its queue limit) would
+    never get to answer our close. Returns the error closing raised, if any."""
+
+    async def discard() -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await transport.recv()
+
+    draining = asyncio.get_running_loop().create_task(discard())
+    try:
+        await transport.close()
+    except Exception as exc:
+        logger.warning("closing the transport failed: %s", _describe(exc))
+        return exc
+    finally:
+        draining.cancel()
+    return None
 
 
 def _lost(error: BaseException) -> ConnectionLostError:

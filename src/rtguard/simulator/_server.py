@@ -61,8 +61,9 @@ class CallRecord:
     A call lives in the conversation of the connection that issued it and moves to another
     connection when the client recreates its ``function_call`` item there. ``connections``
     lists, in order, the connections whose conversation held its item; the last one is the
-    conversation that continues. ``outputs`` and ``response_create_after`` are about that
-    conversation, so without reconnects they mean what they always meant.
+    conversation that continues, and ``outputs`` are about that one. ``responded_on`` are the
+    connections where a ``response.create`` followed its output: the model was asked to
+    answer it (a history replayed on a later connection needs no new request).
     """
 
     call_id: str
@@ -86,8 +87,8 @@ class CallRecord:
 
     @property
     def response_create_after(self) -> bool:
-        """A response.create followed its output in the conversation that continues."""
-        return self.connections[-1] in self.responded_on
+        """A response.create followed its output on some connection."""
+        return bool(self.responded_on)
 
     @property
     def latency(self) -> float | None:
