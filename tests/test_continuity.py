@@ -26,8 +26,8 @@ from rtguard import (
     Loss,
     OutputAcknowledged,
     RealtimeSession,
-    ReconnectPolicy,
     Reconnecting,
+    ReconnectPolicy,
     SessionClosed,
     SessionConfig,
     SessionEvent,
@@ -199,7 +199,8 @@ async def test_rollover_moves_on_before_the_server_cuts_the_session() -> None:
     run = await carried_run(scenario, config=SessionConfig(reconnect=policy))
     assert_carried(run, runs=8)
     reasons = [e.reason for e in run.of_type(Reconnecting)]
-    assert reasons and set(reasons) == {Loss.ROLLOVER}
+    assert reasons
+    assert set(reasons) == {Loss.ROLLOVER}
     assert all(e.delay == 0.0 for e in run.of_type(Reconnecting))
 
 
@@ -250,7 +251,8 @@ async def test_a_key_refused_on_reconnect_is_not_retried() -> None:
     end = events[-1]
     assert isinstance(end, SessionClosed)
     assert end.reason == "reconnect_failed"
-    assert end.error is not None and end.error.close_code == 3000  # type: ignore[attr-defined]
+    assert end.error is not None
+    assert end.error.close_code == 3000  # type: ignore[attr-defined]
     assert sim.connections == 2  # refused once, never tried again
     sample = registry.get_sample_value(
         "rtguard_calls_without_output_total", {"reason": "reconnect_failed"}
