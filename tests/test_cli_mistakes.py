@@ -67,8 +67,8 @@ MISTAKES = [
     ),
     pytest.param(
         ["demo", "--scenario", "{file}"],
-        "calls: [{name: get_weather}]\nfaults: {drop_connection_after: true}\n",
-        ["scenario.yaml", "faults.drop_connection_after", "must be an integer, got true"],
+        "calls: [{name: get_weather}]\nfaults: {end_after: true}\n",
+        ["scenario.yaml", "faults.end_after", "must be an integer, got true"],
         id="boolean-for-integer",
     ),
     pytest.param(

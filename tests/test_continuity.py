@@ -111,7 +111,9 @@ async def carried_run(scenario: Scenario, **kwargs: Any) -> Run:
 
 
 async def test_a_call_whose_tool_is_running_is_carried_to_the_new_connection() -> None:
-    scenario = Scenario(calls=calls("slow", "quick"), faults=Faults(drop_connection_after=0))
+    scenario = Scenario(
+        calls=calls("slow", "quick"), faults=Faults(drop_connection_after=frozenset({0}))
+    )
     run = await carried_run(scenario)
     assert_carried(run, runs=2)
     first = run.sim.calls["call_sim1_0"]
@@ -156,7 +158,7 @@ async def test_a_response_cut_off_mid_stream_keeps_its_issued_calls_and_loses_no
 
 
 async def test_a_tool_failing_during_the_outage_reaches_the_app_once_and_the_model_once() -> None:
-    scenario = Scenario(calls=calls("boom"), faults=Faults(drop_connection_after=0))
+    scenario = Scenario(calls=calls("boom"), faults=Faults(drop_connection_after=frozenset({0})))
     run = await carried_run(scenario)
     assert_carried(run, runs=1)
     (failed,) = run.of_type(ToolFailed)
@@ -235,7 +237,7 @@ async def session_against(
 async def test_a_key_refused_on_reconnect_is_not_retried() -> None:
     """The key was revoked while the session ran: the server refuses the new connection."""
     RUNS.clear()
-    scenario = Scenario(calls=calls("slow"), faults=Faults(drop_connection_after=0))
+    scenario = Scenario(calls=calls("slow"), faults=Faults(drop_connection_after=frozenset({0})))
     keys = iter(["sk-right", "sk-revoked", "sk-revoked"])
     async with Simulator(scenario, api_key="sk-right", record_frames=True) as sim:
 
@@ -262,7 +264,7 @@ async def test_a_key_refused_on_reconnect_is_not_retried() -> None:
 
 async def test_reconnecting_gives_up_when_the_attempts_are_spent() -> None:
     RUNS.clear()
-    scenario = Scenario(calls=calls("slow"), faults=Faults(drop_connection_after=0))
+    scenario = Scenario(calls=calls("slow"), faults=Faults(drop_connection_after=frozenset({0})))
     async with Simulator(scenario, record_frames=True) as sim:
         # A port with nothing listening: every later attempt is refused by the network.
         with contextlib.closing(__import__("socket").socket()) as unused:
@@ -297,7 +299,7 @@ async def test_the_new_conversation_is_the_old_one_replayed_with_the_open_call_l
     scenario = Scenario(
         calls=calls("quick", "slow"),
         rate=4,
-        faults=Faults(drop_connection_after=1),
+        faults=Faults(drop_connection_after=frozenset({1})),
     )
     run = await carried_run(scenario, on_event=talk_then_drop)
     assert_carried(run, runs=2)

@@ -140,7 +140,7 @@ async def test_nothing_is_sent_or_counted_after_a_connection_is_lost() -> None:
     scenario = Scenario(
         calls=(CallSpec("quick"), CallSpec("crawl")),
         calls_per_response=2,
-        faults=Faults(drop_connection_after=1),
+        faults=Faults(drop_connection_after=frozenset({1})),
     )
     config = SessionConfig(response_timeout=0.1, reconnect=None)
     run = await run_scenario(scenario, agent, config=config, done=closed)

@@ -129,7 +129,7 @@ async def test_connection_lost_accounts_for_pending_calls() -> None:
     scenario = Scenario(
         calls=(CallSpec("crawl"), CallSpec("crawl")),
         calls_per_response=2,
-        faults=Faults(drop_connection_after=1),
+        faults=Faults(drop_connection_after=frozenset({1})),
     )
     run = await run_scenario(
         scenario,
@@ -342,7 +342,7 @@ calls:
   - {name: lookup, arguments: "{not json"}
 faults:
   reject_output: [1]
-  drop_connection_after: 4
+  drop_connection_after: [4]
   ack_delay: 0.01
   malformed_before: [2]
   duplicate: [0]
@@ -356,7 +356,7 @@ faults:
     assert (scenario.rate, scenario.calls_per_response) == (50, 2)
     assert scenario.faults == Faults(
         reject_output=frozenset({1}),
-        drop_connection_after=4,
+        drop_connection_after=frozenset({4}),
         ack_delay=0.01,
         malformed_before=frozenset({2}),
         duplicate=frozenset({0}),

@@ -555,7 +555,9 @@ async def test_what_the_real_server_does_not_accept_gets_its_error() -> None:
 
 async def test_a_new_connection_continues_the_script_and_the_call_follows_its_item() -> None:
     # One call in flight at a time, so the model issues the last call once call 1 is answered.
-    scenario = Scenario(calls=calls(3), max_in_flight=1, faults=Faults(drop_connection_after=0))
+    scenario = Scenario(
+        calls=calls(3), max_in_flight=1, faults=Faults(drop_connection_after=frozenset({0}))
+    )
     async with conforming(scenario) as sim:
         async with client(sim.url) as first:
             lost = await first.next_call()
@@ -658,7 +660,7 @@ async def test_a_drop_during_a_response_leaves_the_call_unissued() -> None:
 
 
 async def test_drop_connection_after_fires_once() -> None:
-    scenario = Scenario(calls=calls(2), faults=Faults(drop_connection_after=0))
+    scenario = Scenario(calls=calls(2), faults=Faults(drop_connection_after=frozenset({0})))
     async with conforming(scenario) as sim:
         async with client(sim.url) as first:
             await first.next_call()
@@ -772,8 +774,10 @@ faults:
     ("faults", "code", "reason"),
     [
         (Faults(max_session_seconds=0.2), 1001, EXPIRED),
+        (Faults(expire_after=frozenset({0})), 1001, EXPIRED),
         (Faults(end_after=0), 1000, ""),
-        (Faults(drop_connection_after=0), 1006, ""),  # cut, so cut on the client's side too
+        # cut, so cut on the client's side too
+        (Faults(drop_connection_after=frozenset({0})), 1006, ""),
     ],
 )
 async def test_the_proxy_ends_the_client_side_as_the_server_side_ended(

@@ -77,7 +77,8 @@ class Faults:
     - ``reject_session_update``: 0-based indexes of ``session.update`` events, counted over
       the whole simulator, answered with an ``error`` instead of ``session.updated`` (the
       session is not changed).
-    - ``drop_connection_after``: abort the TCP connection after the response issuing this call.
+    - ``drop_connection_after``: abort the TCP connection after the response issuing these
+      calls (their tools are then running: the moment a client must carry a call).
     - ``drop_after_output``: accept the first output for these calls, then abort the TCP
       connection before acknowledging it (the output counts; the client cannot know).
     - ``drop_during_response``: abort the TCP connection after ``response.output_item.added``
@@ -87,6 +88,7 @@ class Faults:
     - ``max_session_seconds``: close every connection that has lasted this long with code 1001
       and the real server's reason; with ``expiry_error``, first send the ``session_expired``
       error that earlier server versions sent.
+    - ``expire_after``: the same expiry, after the response issuing these calls.
     - ``ack_delay``: seconds before acknowledging each output.
     - ``malformed_before``: send a non-JSON frame before the response holding these calls.
     - ``duplicate``: deliver these calls twice (a second response, same call_id).
@@ -96,11 +98,12 @@ class Faults:
     reject_code: str = "invalid_value"
     reject_type: str = "invalid_request_error"
     reject_session_update: frozenset[int] = frozenset()
-    drop_connection_after: int | None = None
+    drop_connection_after: frozenset[int] = frozenset()
     drop_after_output: frozenset[int] = frozenset()
     drop_during_response: frozenset[int] = frozenset()
     end_after: int | None = None
     max_session_seconds: float | None = None
+    expire_after: frozenset[int] = frozenset()
     expiry_error: bool = False
     ack_delay: float = 0.0
     malformed_before: frozenset[int] = frozenset()

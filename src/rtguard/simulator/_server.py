@@ -19,7 +19,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
@@ -386,7 +386,11 @@ class _Connection:
             if self.due(faults.drop_connection_after, "drop_connection_after", issued):
                 self.abort()
                 return
-            if self.due(faults.end_after, "end_after", issued):
+            if self.due(faults.expire_after, "expire_after", issued):
+                await self.expire(0.0)
+                return
+            ended = () if faults.end_after is None else (faults.end_after,)
+            if self.due(ended, "end_after", issued):
                 await self.ws.close(1000)
                 return
 
@@ -414,8 +418,9 @@ class _Connection:
                 await self.respond(again)
         return issued
 
-    def due(self, index: int | None, fault: str, issued: range) -> bool:
-        return index is not None and index in issued and self.sim._fire(fault, index)
+    def due(self, indexes: Collection[int], fault: str, issued: range) -> bool:
+        """Whether a fault set for one of the calls just ``issued`` fires now (once each)."""
+        return any([self.sim._fire(fault, i) for i in issued if i in indexes])
 
     def call_id(self, index: int) -> str:
         return f"call_sim{self.number}_{index}"
