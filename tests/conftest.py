@@ -90,9 +90,7 @@ async def run_scenario(
         limit = (config or SessionConfig()).max_frame_bytes
 
         async def connector() -> Transport:
-            transport: Transport = await WebSocketTransport.connect(
-                url, {}, max_frame_bytes=limit
-            )
+            transport: Transport = await WebSocketTransport.connect(url, {}, max_frame_bytes=limit)
             return wrap(transport) if wrap is not None else transport
 
         session = RealtimeSession(
