@@ -40,12 +40,27 @@ def test_documented_label_values_match_the_code() -> None:
 
 def test_span_names_are_documented() -> None:
     for span_name in (
-        names.SPAN_SEND_OUTPUT,
-        names.SPAN_HANDOFF,
-        names.OP_EXECUTE_TOOL,
+        names.OP_INVOKE_AGENT,
         names.OP_REALTIME_INFERENCE,
+        names.OP_EXECUTE_TOOL,
+        names.SPAN_SEND_OUTPUT,
+        names.EVENT_SESSION_STARTED,
+        names.EVENT_SESSION_ENDED,
     ):
         assert f"`{span_name}" in README, span_name
+
+
+def test_every_span_attribute_is_documented() -> None:
+    attributes = [
+        value
+        for key, value in vars(names).items()
+        if key.startswith(("GEN_AI_", "RTGUARD_")) and "." in value
+    ]
+    for attribute in [*attributes, names.ERROR_TYPE]:
+        assert f"`{attribute}" in README, attribute
+    for value in (names.END_COMPLETED, names.END_INTERRUPTED, names.END_SESSION_CLOSED):
+        assert f"`{value}`" in README, value
+    assert f"`{names.OUTCOME_CANCELLED}`" in README
 
 
 def test_readme_opens_with_the_two_commands() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,17 +14,29 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as prometheus_text
 
 from conftest import Run, run_scenario
 from otlp_receiver import OtlpReceiver
-from rtguard import Agent, OutputAcknowledged, RetryPolicy, SessionConfig, function_tool
+from rtguard import (
+    Agent,
+    OutputAcknowledged,
+    RetryPolicy,
+    SessionClosed,
+    SessionConfig,
+    function_tool,
+)
 from rtguard.simulator import CallSpec, Faults, Scenario
-from rtguard.telemetry import RtguardMetrics, TraceContextFilter, start_metrics_server
+from rtguard.telemetry import RtguardMetrics, Telemetry, TraceContextFilter, start_metrics_server
 
 SEEN_SPANS: list[int] = []
 HISTOGRAMS = ("gen_ai_execute_tool_duration_seconds", "rtguard_output_latency_seconds")
@@ -62,33 +75,217 @@ async def sometimes(kind: str) -> str:
 agent = Agent(name="observed", tools=[traced, sometimes])
 
 
-async def test_span_tree_per_response() -> None:
+def trees(spans: list[ReadableSpan]) -> dict[int, list[ReadableSpan]]:
+    """The children of each turn (root) span, by the root's span id."""
+    roots = {s.context.span_id for s in spans if s.parent is None}
+    children: dict[int, list[ReadableSpan]] = {root: [] for root in roots}
+    for span in spans:
+        if span.parent is not None and span.parent.span_id in roots:
+            children[span.parent.span_id].append(span)
+    return children
+
+
+def by_id(spans: list[ReadableSpan]) -> dict[int, ReadableSpan]:
+    return {s.context.span_id: s for s in spans}
+
+
+def assert_contained(spans: list[ReadableSpan]) -> None:
+    """Every child starts and ends within its parent, whatever its depth."""
+    index = by_id(spans)
+    for span in spans:
+        parent = index.get(span.parent.span_id) if span.parent is not None else None
+        if parent is not None:
+            assert span.start_time is not None
+            assert parent.start_time is not None
+            assert span.end_time is not None
+            assert parent.end_time is not None
+            assert parent.start_time <= span.start_time, (parent.name, span.name)
+            assert span.end_time <= parent.end_time, (parent.name, span.name)
+
+
+def turn_of(run: Run, call_id: str) -> ReadableSpan:
+    (call,) = [
+        s for s in run.spans_named("execute_tool") if attrs(s)["gen_ai.tool.call.id"] == call_id
+    ]
+    assert call.parent is not None
+    return by_id(run.spans)[call.parent.span_id]
+
+
+def attrs(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+async def test_one_trace_per_turn_with_its_generations_and_calls() -> None:
+    """A turn (invoke_agent, the root) holds the response that issued its calls, the calls,
+    and the model's answer to their outputs, all within its time."""
     SEEN_SPANS.clear()
     calls = tuple(CallSpec("traced", f'{{"n": {i}}}') for i in range(4))
-    run = await run_scenario(Scenario(calls=calls, calls_per_response=2), agent)
-    responses = {s.context.span_id: s for s in run.spans if s.name == "realtime_inference"}
-    tools = run.spans_named("execute_tool")
-    assert len(tools) == 4
-    by_parent = Counter(s.parent.span_id for s in tools if s.parent)
-    assert set(by_parent) <= set(responses)
-    assert sorted(by_parent.values()) == [2, 2]  # two calls under each response span
-    for response in responses.values():
-        attributes = response.attributes or {}
-        assert attributes["gen_ai.operation.name"] == "realtime_inference"
-        assert attributes["gen_ai.provider.name"] == "openai"
-        assert attributes["gen_ai.realtime_session.id"] == "sess_sim1"
-        assert response.kind is trace.SpanKind.CLIENT
-    for span in tools:
+    # Paced so that each turn is answered before the model starts the next one.
+    run = await run_scenario(Scenario(calls=calls, calls_per_response=2, rate=10), agent)
+    assert_contained(run.spans)
+    turns = {root: kids for root, kids in trees(run.spans).items() if kids}
+    assert len(turns) == 2
+    index = by_id(run.spans)
+    for root, children in turns.items():
+        turn = index[root]
+        assert turn.name == "invoke_agent observed"
+        assert turn.kind is trace.SpanKind.INTERNAL
+        assert turn.status.status_code is StatusCode.UNSET
+        assert attrs(turn) == {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.agent.name": "observed",
+            "gen_ai.realtime_session.id": "sess_sim1",
+            "gen_ai.agent.invocation.end_reason": "completed",
+        }
+        tools = [s for s in children if s.name == "execute_tool traced"]
+        generations = [s for s in children if s.name == "realtime_inference"]
+        assert len(tools) == 2
+        # the response that issued the two calls, then the answer to their outputs
+        reasons = [attrs(g)["gen_ai.response.finish_reasons"] for g in generations]
+        assert reasons == [("tool_call",), ("stop",)]
+        for generation in generations:
+            assert generation.kind is trace.SpanKind.CLIENT
+            assert attrs(generation)["gen_ai.operation.name"] == "realtime_inference"
+            assert attrs(generation)["gen_ai.provider.name"] == "openai"
+            assert attrs(generation)["gen_ai.response.id"].startswith("resp_")
+            assert attrs(generation)["gen_ai.usage.output_tokens"] > 0
+        assert all(t.start_time >= generations[0].start_time for t in tools)  # type: ignore[operator]
+        assert generations[1].start_time > min(t.end_time for t in tools) - 1  # type: ignore[operator,type-var]
+        # The turn lasts from its first response until its last child ended.
+        assert turn.start_time == generations[0].start_time
+        assert turn.end_time == max(s.end_time for s in children)  # type: ignore[type-var]
+    for span in run.spans_named("execute_tool"):
         assert span.kind is trace.SpanKind.INTERNAL
-        assert span.name == "execute_tool traced"
-        assert (span.attributes or {})["gen_ai.realtime_session.id"] == "sess_sim1"
-        assert str((span.attributes or {})["gen_ai.tool.description"]).startswith("Records")
-        assert "gen_ai.tool.call.arguments" not in (span.attributes or {})
-        assert "gen_ai.tool.call.result" not in (span.attributes or {})
+        assert attrs(span)["gen_ai.realtime_session.id"] == "sess_sim1"
+        assert str(attrs(span)["gen_ai.tool.description"]).startswith("Records")
+        assert attrs(span)["rtguard.call.outcome"] == "success"
+        assert "gen_ai.tool.call.arguments" not in attrs(span)
+        assert "gen_ai.tool.call.result" not in attrs(span)
     # The tool ran with its own execute_tool span current: its spans and logs nest under it.
+    tools = run.spans_named("execute_tool")
     assert sorted(SEEN_SPANS) == sorted(s.context.span_id for s in tools)
     trace_ids = {format(s.context.trace_id, "032x") for s in tools}
     assert {r.trace_id for r in LOG_RECORDS[-4:]} <= trace_ids  # type: ignore[attr-defined]
+
+
+async def test_a_failed_call_makes_its_turn_an_error_and_leaves_others_alone() -> None:
+    calls = (
+        CallSpec("sometimes", '{"kind": "ok"}'),
+        CallSpec("sometimes", '{"kind": "raise"}'),
+        CallSpec("sometimes", '{"kind": "ok"}'),
+        CallSpec("sometimes", '{"kind": "ok"}'),
+    )
+    run = await run_scenario(Scenario(calls=calls, calls_per_response=2, rate=10), agent)
+    assert_contained(run.spans)
+    ids = sorted(run.sim.calls)
+    failed_turn = turn_of(run, ids[0])
+    assert turn_of(run, ids[1]) is failed_turn
+    assert failed_turn.status.status_code is StatusCode.ERROR
+    assert failed_turn.status.description == "1 of 2 tool calls failed"
+    assert attrs(failed_turn)["error.type"] == "KeyError"
+    healthy_turn = turn_of(run, ids[2])
+    assert healthy_turn is not failed_turn
+    assert healthy_turn.status.status_code is StatusCode.UNSET
+    assert "error.type" not in attrs(healthy_turn)
+
+
+async def test_a_refused_output_is_an_error_attempt_with_the_servers_code() -> None:
+    run = await run_scenario(
+        Scenario(
+            calls=(CallSpec("traced", '{"n": 1}'),),
+            faults=Faults(
+                reject_output=frozenset({0}), reject_type="server_error", reject_code="overloaded"
+            ),
+        ),
+        agent,
+        config=SessionConfig(retry=RetryPolicy(initial_backoff=0.001)),
+    )
+    (call,) = run.spans_named("execute_tool")
+    refused, resent = sorted(
+        run.spans_named("rtguard.send_output"), key=lambda s: attrs(s)["rtguard.send.attempt"]
+    )
+    assert attrs(refused)["rtguard.send.result"] == "refused"
+    assert attrs(refused)["rtguard.send.will_retry"] is True
+    assert attrs(refused)["error.type"] == "overloaded"
+    assert refused.status.status_code is StatusCode.ERROR
+    assert [e.name for e in refused.events] == ["exception"]
+    assert refused.events[0].attributes["exception.type"] == "ServerRejectedError"  # type: ignore[index]
+    assert attrs(resent)["rtguard.send.result"] == "sent"
+    assert resent.status.status_code is StatusCode.UNSET
+    assert [e.name for e in call.events] == ["rtguard.send_retry_scheduled"]
+    assert call.status.status_code is StatusCode.UNSET  # the retry delivered it
+    assert turn_of(run, attrs(call)["gen_ai.tool.call.id"]).status.status_code is StatusCode.UNSET
+
+
+@function_tool
+async def crawl() -> str:
+    """Runs longer than the connection lasts."""
+    await asyncio.sleep(5)
+    return "crawled"
+
+
+async def test_a_call_cut_off_by_a_lost_connection_has_an_outcome_and_the_exception() -> None:
+    run = await run_scenario(
+        Scenario(calls=(CallSpec("crawl"),), faults=Faults(drop_connection_after=0)),
+        Agent(name="crawler", tools=[crawl]),
+        done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
+    )
+    assert_contained(run.spans)
+    (call,) = run.spans_named("execute_tool")
+    assert attrs(call)["rtguard.call.outcome"] == "cancelled"  # the tool never finished
+    assert attrs(call)["rtguard.call.incomplete_reason"] == "connection_lost"
+    assert attrs(call)["error.type"] == "connection_lost"
+    assert call.status.status_code is StatusCode.ERROR
+    (exception,) = call.events
+    assert exception.name == "exception"
+    assert exception.attributes is not None
+    assert exception.attributes["exception.type"] == "ConnectionLostError"
+    assert exception.timestamp == call.end_time  # when the call was cut off
+    turn = turn_of(run, attrs(call)["gen_ai.tool.call.id"])
+    assert turn.status.status_code is StatusCode.ERROR
+    assert attrs(turn)["gen_ai.agent.invocation.end_reason"] == "session_closed"
+    assert run.sample("rtguard_calls_without_output_total", reason="connection_lost") == 1
+
+
+async def test_a_handoff_names_its_source_and_target_on_the_call() -> None:
+    billing = Agent(name="billing", tools=[traced])
+    front = Agent(name="front", tools=[traced], handoffs=[billing])
+    run = await run_scenario(Scenario(calls=(CallSpec("transfer_to_billing"),)), front)
+    (call,) = run.spans_named("execute_tool")
+    assert call.name == "execute_tool transfer_to_billing"
+    assert attrs(call)["gen_ai.agent.handoff.source.name"] == "front"
+    assert attrs(call)["gen_ai.agent.handoff.target.name"] == "billing"
+    assert attrs(call)["gen_ai.agent.name"] == "front"  # the agent that issued the call
+    assert not any(s.name.startswith("rtguard.handoff") for s in run.spans)
+    assert run.sample("rtguard_handoffs_total", result="completed") == 1
+
+
+async def test_session_start_and_end_are_events_with_the_session_id() -> None:
+    from rtguard import RealtimeSession
+    from rtguard.simulator import Simulator
+
+    records = InMemoryLogRecordExporter()
+    loggers = LoggerProvider()
+    loggers.add_log_record_processor(SimpleLogRecordProcessor(records))
+    telemetry = Telemetry(tracer_provider=TracerProvider(), logger_provider=loggers)
+    config = SessionConfig(session_options={"model": "gpt-realtime"})
+    async with Simulator(Scenario(calls=(CallSpec("traced", '{"n": 1}'),))) as sim:
+        session = RealtimeSession(agent, url=sim.url, telemetry=telemetry, config=config)
+        async with session:
+            async for event in session:
+                if isinstance(event, OutputAcknowledged):
+                    break
+    started, ended = (r.log_record for r in records.get_finished_logs())
+    common = {
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-realtime",
+        "gen_ai.realtime_session.id": "sess_sim1",
+    }
+    assert started.event_name == "gen_ai.client.realtime_session.started"
+    assert dict(started.attributes or {}) == common
+    assert ended.event_name == "gen_ai.client.realtime_session.ended"
+    assert dict(ended.attributes or {}) == common | {"rtguard.session.close_reason": "closed"}
 
 
 async def test_content_capture_is_opt_in() -> None:
@@ -291,49 +488,70 @@ async def test_invented_tool_names_do_not_grow_the_series() -> None:
     assert names == {"execute_tool"}
 
 
-def test_configure_exports_over_otlp_grpc_from_the_environment() -> None:
-    script = textwrap.dedent(
-        """
-        import asyncio
-        from opentelemetry import trace
-        from rtguard import Agent, OutputAcknowledged, RealtimeSession, function_tool
-        from rtguard.simulator import CallSpec, Scenario, Simulator
-        from rtguard.telemetry import configure
+SESSION_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from opentelemetry import trace
+    from rtguard import Agent, OutputAcknowledged, RealtimeSession, function_tool
+    from rtguard.simulator import CallSpec, Scenario, Simulator
+    from rtguard.telemetry import configure
 
-        provider = configure()
+    export = configure(service_name="from-the-argument")
 
-        @function_tool
-        async def child_span() -> str:
-            with trace.get_tracer("app").start_as_current_span("db.query"):
-                return "ok"
+    @function_tool
+    async def child_span() -> str:
+        with trace.get_tracer("app").start_as_current_span("db.query"):
+            return "ok"
 
-        async def main() -> None:
-            async with Simulator(Scenario(calls=(CallSpec("child_span"),) * 2)) as sim:
-                agent = Agent(name="a", tools=[child_span])
-                async with RealtimeSession(agent, url=sim.url) as session:
-                    acked = 0
-                    async for event in session:
-                        acked += isinstance(event, OutputAcknowledged)
-                        if acked == 2:
-                            break
+    async def main() -> None:
+        async with Simulator(Scenario(calls=(CallSpec("child_span"),) * 2)) as sim:
+            agent = Agent(name="a", tools=[child_span])
+            async with RealtimeSession(agent, url=sim.url) as session:
+                acked = 0
+                async for event in session:
+                    acked += isinstance(event, OutputAcknowledged)
+                    if acked == 2:
+                        break
 
-        asyncio.run(main())
-        provider.shutdown()
-        """
+    asyncio.run(main())
+    report = export.shutdown(float(sys.argv[1]))
+    print(report.exported, report.failed, report.timed_out, report.ok)
+    print(report)
+    """
+)
+
+
+def run_configured_session(
+    endpoint: str, shutdown_timeout: float = 5.0, **env: str
+) -> tuple[list[str], float]:
+    """Run SESSION_SCRIPT in a fresh interpreter; its report lines and how long it took."""
+    environment = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        **env,
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", SESSION_SCRIPT, str(shutdown_timeout)],
+        env=environment,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
     )
+    return result.stdout.splitlines(), time.monotonic() - started
+
+
+def test_configure_exports_spans_and_session_events_over_otlp_grpc() -> None:
     with OtlpReceiver() as receiver:
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{receiver.endpoint}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_SERVICE_NAME": "rtguard-otlp-test",
-        }
-        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
-        deadline = time.monotonic() + 10
-        while len(receiver.spans) < 8 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        lines, _ = run_configured_session(
+            f"http://{receiver.endpoint}", OTEL_SERVICE_NAME="rtguard-otlp-test"
+        )
         spans = list(receiver.spans)
+        events = list(receiver.events)
     by_id = {s.span_id: s for s in spans}
+    # OTEL_SERVICE_NAME wins over configure(service_name=...), as in the SDK's detection.
     assert {s.service_name for s in spans} == {"rtguard-otlp-test"}
     tools = [s for s in spans if s.name == "execute_tool child_span"]
     queries = [s for s in spans if s.name == "db.query"]
@@ -343,9 +561,62 @@ def test_configure_exports_over_otlp_grpc_from_the_environment() -> None:
         parent = by_id[child.parent_span_id]
         assert parent.name == "execute_tool child_span"
         assert parent.trace_id == child.trace_id
+        assert parent.start_ns <= child.start_ns <= child.end_ns <= parent.end_ns
     for tool in tools:
-        assert by_id[tool.parent_span_id].name == "realtime_inference"
+        turn = by_id[tool.parent_span_id]
+        assert turn.name == "invoke_agent a"
+        assert turn.parent_span_id == ""  # the trace's root
+        assert turn.start_ns <= tool.start_ns <= tool.end_ns <= turn.end_ns
         assert tool.attributes["gen_ai.tool.call.id"].startswith("call_sim")
+    assert [e.event_name for e in events] == [
+        "gen_ai.client.realtime_session.started",
+        "gen_ai.client.realtime_session.ended",
+    ]
+    assert {e.attributes["gen_ai.realtime_session.id"] for e in events} == {"sess_sim1"}
+    assert {e.service_name for e in events} == {"rtguard-otlp-test"}
+    exported = len(spans) + len(events)
+    assert lines == [f"{exported} 0 False True", f"{exported} spans and events exported"]
+
+
+def test_resource_attributes_from_the_environment_win_over_the_argument() -> None:
+    with OtlpReceiver() as receiver:
+        run_configured_session(
+            f"http://{receiver.endpoint}",
+            OTEL_RESOURCE_ATTRIBUTES="service.name=from-resource-attributes,team=voice",
+        )
+        spans = list(receiver.spans)
+    assert spans
+    assert {s.service_name for s in spans} == {"from-resource-attributes"}
+
+
+def test_configure_keeps_the_argument_when_the_environment_names_no_service() -> None:
+    with OtlpReceiver() as receiver:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        with_env = {**environment, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{receiver.endpoint}"}
+        subprocess.run(
+            [sys.executable, "-c", SESSION_SCRIPT, "5"],
+            env={**with_env, "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        spans = list(receiver.spans)
+    assert spans
+    assert {s.service_name for s in spans} == {"from-the-argument"}
+
+
+def test_an_unreachable_endpoint_is_reported_and_the_process_exits_promptly() -> None:
+    with socket.socket() as closed:  # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    lines, elapsed = run_configured_session(f"http://127.0.0.1:{port}", shutdown_timeout=1.0)
+    exported, failed, timed_out, ok = lines[0].split()
+    assert exported == "0"
+    assert int(failed) > 10  # every span and event of the session
+    assert ok == "False"
+    assert lines[1].startswith(f"export failed: {failed} of {failed} spans and events")
+    assert timed_out in ("True", "False")  # either way, within the bound below
+    assert elapsed < 8, elapsed  # the session itself takes well under a second
 
 
 def test_multiprocess_mode_aggregates_worker_processes(tmp_path: Path) -> None:

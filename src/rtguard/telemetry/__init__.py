@@ -7,10 +7,12 @@ from ._logging import TraceContextFilter
 from ._metrics import RtguardMetrics
 from ._names import SCHEMA_URL
 from ._session import SessionTelemetry, Telemetry
-from ._setup import configure, start_metrics_server
+from ._setup import ExportReport, OtlpExport, configure, start_metrics_server
 
 __all__ = [
     "SCHEMA_URL",
+    "ExportReport",
+    "OtlpExport",
     "RtguardMetrics",
     "SessionTelemetry",
     "Telemetry",

@@ -7,7 +7,10 @@ GenAI names follow the OpenTelemetry GenAI semantic conventions (status: Develop
 published in ``open-telemetry/semantic-conventions-genai`` with schema URL
 ``https://opentelemetry.io/schemas/gen-ai/1.42.0``; the realtime names follow that
 repository's draft ``gen-ai-realtime-spans.md`` (``gen_ai.realtime_session.id``,
-``realtime_inference`` generation spans).
+``realtime_inference`` generation spans, the ``gen_ai.client.realtime_session.*`` events),
+the turn container and end reasons follow ``gen-ai-voice-agents.md``, and the handoff names
+follow ``gen-ai-agent-spans.md`` (``execute_tool``). ``rtguard.*`` names are only for what the
+conventions lack. docs/operations.md explains the trace shape.
 """
 
 from __future__ import annotations
@@ -16,10 +19,21 @@ SCHEMA_URL = "https://opentelemetry.io/schemas/gen-ai/1.42.0"
 INSTRUMENTATION_NAME = "rtguard"
 
 # --- span names ----------------------------------------------------------------------------
+OP_INVOKE_AGENT = "invoke_agent"  # one per turn: the trace's root
 OP_EXECUTE_TOOL = "execute_tool"
 OP_REALTIME_INFERENCE = "realtime_inference"
 SPAN_SEND_OUTPUT = "rtguard.send_output"
-SPAN_HANDOFF = "rtguard.handoff"
+
+# --- events (log records through the OpenTelemetry Logs API) ---------------------------------
+EVENT_SESSION_STARTED = "gen_ai.client.realtime_session.started"
+EVENT_SESSION_ENDED = "gen_ai.client.realtime_session.ended"
+
+# --- span events -----------------------------------------------------------------------------
+SPAN_EVENT_EXCEPTION = "exception"
+SPAN_EVENT_SEND_RETRY = "rtguard.send_retry_scheduled"
+EXCEPTION_TYPE = "exception.type"
+EXCEPTION_MESSAGE = "exception.message"
+EXCEPTION_STACKTRACE = "exception.stacktrace"
 
 # --- GenAI attributes ----------------------------------------------------------------------
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
@@ -31,12 +45,23 @@ GEN_AI_TOOL_DESCRIPTION = "gen_ai.tool.description"
 GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
 GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+GEN_AI_HANDOFF_SOURCE = "gen_ai.agent.handoff.source.name"
+GEN_AI_HANDOFF_TARGET = "gen_ai.agent.handoff.target.name"
+GEN_AI_END_REASON = "gen_ai.agent.invocation.end_reason"
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_REALTIME_SESSION_ID = "gen_ai.realtime_session.id"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 ERROR_TYPE = "error.type"
 PROVIDER_OPENAI = "openai"
 TOOL_TYPE_FUNCTION = "function"
+
+# gen_ai.agent.invocation.end_reason values (a failed turn is an ERROR status instead).
+END_COMPLETED = "completed"
+END_INTERRUPTED = "interrupted"  # its last response was cancelled (barge-in, interrupt())
+END_SESSION_CLOSED = "session_closed"
 
 # --- rtguard attributes --------------------------------------------------------------------
 RTGUARD_OUTCOME = "rtguard.call.outcome"
@@ -46,8 +71,11 @@ RTGUARD_INCOMPLETE_REASON = "rtguard.call.incomplete_reason"
 RTGUARD_ATTEMPT = "rtguard.send.attempt"
 RTGUARD_SEND_RESULT = "rtguard.send.result"
 RTGUARD_WILL_RETRY = "rtguard.send.will_retry"
-RTGUARD_HANDOFF_FROM = "rtguard.handoff.from_agent"
-RTGUARD_HANDOFF_TO = "rtguard.handoff.to_agent"
+RTGUARD_SESSION_CLOSE_REASON = "rtguard.session.close_reason"  # "closed" or "connection_lost"
+
+# rtguard.call.outcome of a call whose tool never finished: the session ended first and
+# cancelled it (the Outcome enum covers every tool that did finish).
+OUTCOME_CANCELLED = "cancelled"
 
 # --- error.type values (low cardinality; a tool's own exception uses its class name) -------
 ERROR_TIMEOUT = "timeout"
@@ -56,6 +84,8 @@ ERROR_OUTPUT_SEND_FAILED = "output_send_failed"
 ERROR_INVALID_ARGUMENTS = "invalid_arguments"
 ERROR_UNKNOWN_TOOL = "unknown_tool"
 ERROR_REJECTED = "rejected"
+ERROR_RESPONSE_TIMEOUT = "response_timeout"  # no response.done within response_timeout
+ERROR_OTHER = "_OTHER"  # the conventions' fallback (a failed response without an error code)
 
 # --- metrics (Prometheus names) ------------------------------------------------------------
 METRIC_TOOL_DURATION = "gen_ai_execute_tool_duration_seconds"

@@ -1,36 +1,35 @@
-"""What a session reports: spans (OpenTelemetry API only) and Prometheus samples.
+"""What a session reports: spans and events (OpenTelemetry API only) and Prometheus samples.
 
 Telemetry is an observer of the session's event stream, the same ordered facts the app
 iterates: it never decides anything and is never on a call's path (the session calls
 :meth:`SessionTelemetry.observe` behind one guard, after the core has already acted). An
 app that set up its own OpenTelemetry SDK gets rtguard's spans through it; without any SDK
 the API's no-op tracer makes spans free.
+
+The trace shape (docs/operations.md says why): one trace per turn, rooted in an
+``invoke_agent`` span that lasts from the turn's first model response until its last child
+ended and is an ERROR when any of its calls failed or got no output. Under it, siblings in
+time order: each ``realtime_inference`` generation, and each ``execute_tool`` call (with its
+``rtguard.send_output`` attempts). A turn takes the responses that answer its own outputs,
+so a tool-calling exchange (the calls' response, the tools, the model's answer) reads as one
+waterfall. Everything is derived from the events; nothing here runs per audio frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import _logs, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    NoOpTracerProvider,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TracerProvider,
-)
+from opentelemetry.trace import NoOpTracerProvider, Span, SpanKind, Status, StatusCode
 
-from .._boundary import safe_str, type_name
+from .._agent import Handoff
+from .._boundary import type_name
 from .._errors import ServerRejectedError
 from .._events import (
     CallIncomplete,
@@ -50,12 +49,12 @@ from .._events import (
     ToolRejected,
     ToolSucceeded,
 )
-from .._failures import redact
 from .._ledger import IncompleteReason, Outcome
 from .._protocol import ResponseCreated, ResponseDone, ServerError, SessionInfo
 from .._version import __version__
 from . import _names as n
 from ._metrics import RtguardMetrics
+from ._spans import error_type_of, exemplar, fail, finish_generation, record_exception
 
 if TYPE_CHECKING:
     from .._agent import Agent
@@ -77,15 +76,15 @@ _INCOMPLETE_ERROR_TYPES = {
     IncompleteReason.SESSION_CLOSED: IncompleteReason.SESSION_CLOSED.value,
     IncompleteReason.UNACKNOWLEDGED: IncompleteReason.UNACKNOWLEDGED.value,
 }
-_OPEN_RESPONSE_SPANS = 64  # response.done never came for older ones: they are ended
-_RECENT_RESPONSES = 64  # span contexts (not spans) kept to parent a response's calls
+_SESSION_ENDS = frozenset({IncompleteReason.CONNECTION_LOST, IncompleteReason.SESSION_CLOSED})
+_OPEN_GENERATIONS = 64  # response.done never came for older ones: they are ended
 _MAX_TOOL_NAME_CHARS = 64
 _REFRESH_SECONDS = 1.0
-_MAX_STATUS_CHARS = 200
 
 
 class Telemetry:
-    """Where sessions report: a tracer provider, a metrics set, and what spans may contain.
+    """Where sessions report: a tracer provider, a logger provider (for the session start
+    and end events), a metrics set, and what spans may contain.
 
     ``capture_content=True`` opts in to tool arguments and results on spans (truncated to
     ``max_content_chars``); they are off by default because they often hold user data.
@@ -96,7 +95,8 @@ class Telemetry:
     def __init__(
         self,
         *,
-        tracer_provider: TracerProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        logger_provider: _logs.LoggerProvider | None = None,
         metrics: RtguardMetrics | None = None,
         capture_content: bool = False,
         max_content_chars: int = 1000,
@@ -105,30 +105,63 @@ class Telemetry:
         self.tracer = provider.get_tracer(
             n.INSTRUMENTATION_NAME, __version__, schema_url=n.SCHEMA_URL
         )
+        self.event_logger = (logger_provider or _logs.get_logger_provider()).get_logger(
+            n.INSTRUMENTATION_NAME, __version__, schema_url=n.SCHEMA_URL
+        )
         self.metrics = metrics
         self.capture_content = capture_content
         self.max_content_chars = max_content_chars
 
     @classmethod
     def default(cls) -> Telemetry:
-        """The global tracer provider and the process-wide Prometheus registry."""
+        """The global tracer and logger providers and the process-wide Prometheus registry."""
         if cls._default is None:
             cls._default = cls(metrics=RtguardMetrics())
         return cls._default
 
     @classmethod
     def disabled(cls) -> Telemetry:
-        """No spans and no metrics (to measure what telemetry costs)."""
-        return cls(tracer_provider=NoOpTracerProvider())
+        """No spans, no events and no metrics (to measure what telemetry costs)."""
+        return cls(tracer_provider=NoOpTracerProvider(), logger_provider=_logs.NoOpLoggerProvider())
 
     def session(self, session: RealtimeSession) -> SessionTelemetry:
         return SessionTelemetry(self, session)
 
 
 @dataclass(slots=True, eq=False)
+class _Turn:
+    """One turn: the root span, and what it still waits for before it can end."""
+
+    span: Span
+    context: otel_context.Context
+    last_ns: int  # when its latest child ended: where the turn ends
+    responses: list[str] = field(default_factory=list)
+    generating: int = 0  # its generations in progress
+    open_calls: int = 0
+    unanswered: bool = False  # an output went out since its last generation began
+    interrupted: bool = False  # its last generation was cancelled: nobody answers its outputs
+    session_ended: bool = False  # a call of it ended with the session (closed or lost)
+    calls: int = 0
+    failed_calls: int = 0
+    error_type: str | None = None  # the first failed call's
+
+    @property
+    def awaits_answer(self) -> bool:
+        """rtguard asks the model to answer delivered outputs, unless it was interrupted."""
+        return self.unanswered and not self.interrupted
+
+
+@dataclass(slots=True, eq=False)
+class _Generation:
+    span: Span
+    turn: _Turn
+
+
+@dataclass(slots=True, eq=False)
 class _CallTrace:
     span: Span
     context: otel_context.Context
+    turn: _Turn
     label: str  # the tool-name label: the tool's name, or _unknown for one the model invented
     started: float
     error_type: str | None = None
@@ -149,15 +182,20 @@ class _Cache:
 class SessionTelemetry:
     def __init__(self, telemetry: Telemetry, session: RealtimeSession) -> None:
         self._tracer = telemetry.tracer
+        self._event_logger = telemetry.event_logger
         self._metrics = telemetry.metrics
         self._capture = telemetry.capture_content
         self._max_chars = telemetry.max_content_chars
         self._session = session
         self._session_id: str | None = None
         self._started = False
+        self._announced = False  # the session-started event went out
         self._calls: dict[str, _CallTrace] = {}
-        self._open_responses: OrderedDict[str, Span] = OrderedDict()
-        self._recent_responses: OrderedDict[str, SpanContext] = OrderedDict()
+        self._turns: list[_Turn] = []  # open turns, oldest first
+        self._response_turns: dict[str, _Turn] = {}  # response id -> its open turn
+        self._generations: OrderedDict[str, _Generation] = OrderedDict()
+        # Calls the lost connection cut off: ended with the connection's error once known.
+        self._cut_off: list[tuple[_CallTrace, int]] = []
         self._cache = _Cache()
         self._refresher: asyncio.Task[None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -207,6 +245,9 @@ class SessionTelemetry:
         if event.session_id and event.session_id != self._session_id:
             self._session_id = event.session_id
             self._cache.tool_attributes.clear()
+        if not self._announced:
+            self._announced = True
+            self._emit_event(n.EVENT_SESSION_STARTED, {})
 
     def _session_closed(self, event: SessionClosed) -> None:
         if self._metrics and self._started:
@@ -214,9 +255,29 @@ class SessionTelemetry:
             if self._refresher is not None:
                 self._refresher.cancel()
             self._metrics.refresh()
-        for span in self._open_responses.values():
-            span.end()
-        self._open_responses.clear()
+        for call, settled_at in self._cut_off:
+            if event.error is not None:
+                record_exception(call.span, event.error, at=settled_at)
+            call.span.end(settled_at)
+        self._cut_off.clear()
+        for response_id in list(self._generations):
+            self._end_generation(response_id, None, time.time_ns())
+        for turn in list(self._turns):
+            self._end_turn(turn, n.END_SESSION_CLOSED)
+        if self._announced:
+            ended: dict[str, Any] = {n.RTGUARD_SESSION_CLOSE_REASON: event.reason}
+            if event.error is not None:
+                ended[n.ERROR_TYPE] = event.reason
+            self._emit_event(n.EVENT_SESSION_ENDED, ended)
+
+    def _emit_event(self, name: str, attributes: dict[str, Any]) -> None:
+        """A realtime-session lifecycle event (the draft models the session as events, not a
+        span: it is long-lived and mostly idle)."""
+        attributes = self._common_attributes() | self._model_attribute() | attributes
+        attributes[n.GEN_AI_PROVIDER_NAME] = n.PROVIDER_OPENAI
+        self._event_logger.emit(
+            event_name=name, timestamp=time.time_ns(), body=name, attributes=attributes
+        )
 
     async def _refresh_gauges(self) -> None:
         """Multiprocess mode: keep this process's waiting-call gauges current (age grows)."""
@@ -225,61 +286,133 @@ class SessionTelemetry:
             self._metrics.refresh()
             await asyncio.sleep(_REFRESH_SECONDS)
 
-    # --- responses -------------------------------------------------------------------------
+    # --- turns and generations -------------------------------------------------------------
 
     def _response_created(self, event: ResponseCreated) -> None:
         response_id = event.response_id
         if response_id is None:
             return
-        model = self._session.config.session_options.get("model")
-        attributes = self._common_attributes() | {
-            n.GEN_AI_OPERATION_NAME: n.OP_REALTIME_INFERENCE,
-            n.GEN_AI_PROVIDER_NAME: n.PROVIDER_OPENAI,
-            n.GEN_AI_RESPONSE_ID: response_id,
-        }
-        name = n.OP_REALTIME_INFERENCE
-        if isinstance(model, str):
-            attributes[n.GEN_AI_REQUEST_MODEL] = model
-            name = f"{name} {model}"
-        span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-        _remember(self._open_responses, response_id, span, _OPEN_RESPONSE_SPANS, end=True)
-        _remember(self._recent_responses, response_id, span.get_span_context(), _RECENT_RESPONSES)
+        now = time.time_ns()
+        # The oldest turn waiting for the model's answer to its outputs gets it (rtguard asks
+        # once per response whose outputs are out); otherwise the response starts a turn.
+        waiting = (t for t in self._turns if t.generating == 0 and t.awaits_answer)
+        turn = next(waiting, None) or self._start_turn(now)
+        turn.generating += 1
+        turn.unanswered = turn.interrupted = False
+        turn.responses.append(response_id)
+        self._response_turns[response_id] = turn
+        attributes = (
+            self._common_attributes()
+            | self._model_attribute()
+            | {
+                n.GEN_AI_OPERATION_NAME: n.OP_REALTIME_INFERENCE,
+                n.GEN_AI_PROVIDER_NAME: n.PROVIDER_OPENAI,
+                n.GEN_AI_RESPONSE_ID: response_id,
+            }
+        )
+        span = self._tracer.start_span(
+            self._operation_name(n.OP_REALTIME_INFERENCE, attributes.get(n.GEN_AI_REQUEST_MODEL)),
+            context=turn.context,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=now,
+        )
+        self._generations[response_id] = _Generation(span, turn)
+        if len(self._generations) > _OPEN_GENERATIONS:
+            self._end_generation(next(iter(self._generations)), None, now)
 
     def _response_done(self, event: ResponseDone) -> None:
-        span = self._open_responses.pop(event.response_id, None) if event.response_id else None
-        if span is not None:
-            span.end()
+        response_id = event.response_id
+        if response_id is not None and response_id in self._generations:
+            self._end_generation(response_id, event, time.time_ns())
+
+    def _end_generation(self, response_id: str, done: ResponseDone | None, now: int) -> None:
+        """End a generation: at its ``response.done``, or without one (given up on, the
+        session ended) with the finish reason the conventions ask for then, ``error``."""
+        generation = self._generations.pop(response_id)
+        if done is not None:
+            finish_generation(generation.span, done)
+        else:
+            generation.span.set_attribute(n.GEN_AI_RESPONSE_FINISH_REASONS, ["error"])
+        generation.span.end(now)
+        turn = generation.turn
+        turn.generating -= 1
+        turn.interrupted = done is not None and done.status == "cancelled"
+        turn.last_ns = max(turn.last_ns, now)
+        self._maybe_end(turn)
+
+    def _start_turn(self, now: int) -> _Turn:
+        agent = self._session.agent.name
+        attributes = self._common_attributes() | {
+            n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
+            n.GEN_AI_PROVIDER_NAME: n.PROVIDER_OPENAI,
+            n.GEN_AI_AGENT_NAME: agent,
+        }
+        span = self._tracer.start_span(
+            f"{n.OP_INVOKE_AGENT} {agent}",
+            context=otel_context.Context(),  # a root: one trace per turn
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=now,
+        )
+        turn = _Turn(span, trace.set_span_in_context(span), now)
+        self._turns.append(turn)
+        return turn
+
+    def _maybe_end(self, turn: _Turn) -> None:
+        if turn.generating == 0 and turn.open_calls == 0 and not turn.awaits_answer:
+            self._end_turn(turn, _end_reason(turn))
+
+    def _end_turn(self, turn: _Turn, reason: str) -> None:
+        """End the turn where its last child ended; any failed call makes it an ERROR, so the
+        trace shows as failed in a trace list."""
+        span = turn.span
+        span.set_attribute(n.GEN_AI_END_REASON, reason)
+        if turn.error_type is not None:
+            span.set_attribute(n.ERROR_TYPE, turn.error_type)
+            message = f"{turn.failed_calls} of {turn.calls} tool calls failed"
+            span.set_status(Status(StatusCode.ERROR, message))
+        span.end(turn.last_ns)
+        self._turns.remove(turn)
+        for response_id in turn.responses:
+            self._response_turns.pop(response_id, None)
 
     # --- calls -----------------------------------------------------------------------------
 
     def _call_received(self, event: ToolCallReceived) -> None:
+        now = time.time_ns()
         agent = event.agent
         target = agent.find(event.tool_name)
         self._export_tools(agent)
         label = event.tool_name if target is not None else n.UNKNOWN_TOOL_LABEL
         attributes = {
-            **self._tool_attributes(agent, event.tool_name, target is not None),
+            **self._tool_attributes(agent, event.tool_name, target),
             n.GEN_AI_TOOL_CALL_ID: event.call_id,
         }
         if self._capture and event.arguments is not None:
             attributes[n.GEN_AI_TOOL_CALL_ARGUMENTS] = event.arguments[: self._max_chars]
-        parent = self._recent_responses.get(event.response_id or "")
-        ctx = (
-            trace.set_span_in_context(NonRecordingSpan(parent))
-            if parent is not None
-            else otel_context.Context()
-        )
+        # A call whose response has no open turn (no response id, or announced only after
+        # its response's turn ended) opens a turn of its own.
+        turn = self._response_turns.get(event.response_id or "") or self._start_turn(now)
+        turn.open_calls += 1
+        turn.calls += 1
         name = f"{n.OP_EXECUTE_TOOL} {label}" if target is not None else n.OP_EXECUTE_TOOL
         span = self._tracer.start_span(
-            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attributes
+            name,
+            context=turn.context,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=now,
         )
         self._calls[event.call_id] = _CallTrace(
-            span, trace.set_span_in_context(span), label, time.monotonic()
+            span, trace.set_span_in_context(span), turn, label, time.monotonic()
         )
         if self._metrics:
             self._metrics.refresh()
 
-    def _tool_attributes(self, agent: Agent, tool_name: str, known: bool) -> dict[str, Any]:
+    def _tool_attributes(
+        self, agent: Agent, tool_name: str, target: object | None
+    ) -> dict[str, Any]:
         """The execute_tool attributes every call of this agent's tool shares."""
         key = (agent.name, tool_name)
         cached = self._cache.tool_attributes.get(key)
@@ -291,10 +424,12 @@ class SessionTelemetry:
             n.GEN_AI_TOOL_TYPE: n.TOOL_TYPE_FUNCTION,
             n.GEN_AI_AGENT_NAME: agent.name,
         }
-        description = getattr(agent.find(tool_name), "description", None)
+        description = getattr(target, "description", None)
         if description:
             attributes[n.GEN_AI_TOOL_DESCRIPTION] = description
-        if known:  # names the model invents are unbounded: never cached
+        if isinstance(target, Handoff):
+            attributes[n.GEN_AI_HANDOFF_SOURCE] = agent.name
+        if target is not None:  # names the model invents are unbounded: never cached
             self._cache.tool_attributes[key] = attributes
         return attributes
 
@@ -335,13 +470,8 @@ class SessionTelemetry:
 
     def _handoff_completed(self, event: HandoffCompleted) -> None:
         call = self._calls.get(event.call_id)
-        attributes = self._common_attributes() | {
-            n.RTGUARD_HANDOFF_FROM: event.from_agent,
-            n.RTGUARD_HANDOFF_TO: event.to_agent,
-            n.GEN_AI_AGENT_NAME: event.to_agent,
-        }
-        context = call.context if call is not None else None
-        self._tracer.start_span(n.SPAN_HANDOFF, context=context, attributes=attributes).end()
+        if call is not None:
+            call.span.set_attribute(n.GEN_AI_HANDOFF_TARGET, event.to_agent)
         if self._metrics:
             self._metrics.handoffs.labels("completed").inc()
 
@@ -353,6 +483,7 @@ class SessionTelemetry:
             return
         self._end_attempt(call)
         call.attempt = self._attempt_span(call, event.attempt, "sent")
+        call.turn.unanswered = True
         if self._metrics:
             self._child(self._metrics.output_sends, "sent").inc()
 
@@ -363,16 +494,16 @@ class SessionTelemetry:
         refused = isinstance(event.error, ServerRejectedError)
         span = call.attempt if refused and call.attempt is not None else None
         call.attempt = None
-        if span is None:  # the write itself failed: no span was started for it
+        if span is None:  # the write itself failed (or was refused before it returned)
             span = self._attempt_span(call, event.attempt, "failed")
             if self._metrics:
                 self._child(self._metrics.output_sends, "failed").inc()
         span.set_attribute(n.RTGUARD_SEND_RESULT, "refused" if refused else "failed")
         span.set_attribute(n.RTGUARD_WILL_RETRY, event.will_retry)
-        _fail(span, type_name(event.error), event.error)
+        fail(span, error_type_of(event.error), event.error)
         span.end()
         if event.will_retry:
-            call.span.add_event("rtguard.send_retry_scheduled")
+            call.span.add_event(n.SPAN_EVENT_SEND_RETRY)
             if self._metrics:
                 self._metrics.send_retries.inc()
 
@@ -386,9 +517,9 @@ class SessionTelemetry:
             n.SPAN_SEND_OUTPUT, context=call.context, kind=SpanKind.CLIENT, attributes=attributes
         )
 
-    def _end_attempt(self, call: _CallTrace) -> None:
+    def _end_attempt(self, call: _CallTrace, at: int | None = None) -> None:
         if call.attempt is not None:
-            call.attempt.end()
+            call.attempt.end(at)
             call.attempt = None
 
     # --- the end of a call -----------------------------------------------------------------
@@ -397,36 +528,65 @@ class SessionTelemetry:
         call = self._calls.pop(event.call_id, None)
         if call is None:
             return
-        self._end_attempt(call)
+        now = time.time_ns()
+        self._end_attempt(call, now)
         span = call.span
         delivered = isinstance(event, OutputAcknowledged)
+        cut_off = False
         if isinstance(event, CallIncomplete):
             span.set_attribute(n.RTGUARD_INCOMPLETE_REASON, event.reason.value)
+            # Cut off by the lost connection with no error of its own: its exception is the
+            # connection's, which the session's end event carries.
+            cut_off = event.reason is IncompleteReason.CONNECTION_LOST and event.last_error is None
+            call.turn.session_ended |= event.reason in _SESSION_ENDS
             if call.error_type is None:
-                _fail_call(call, _INCOMPLETE_ERROR_TYPES[event.reason], event.last_error)
+                error = None if cut_off else event.last_error
+                _fail_call(call, _INCOMPLETE_ERROR_TYPES[event.reason], error)
         span.set_attribute(n.RTGUARD_DELIVERED, delivered)
         span.set_attribute(n.RTGUARD_SEND_ATTEMPTS, call.attempts)
-        if call.outcome is not None:
-            span.set_attribute(n.RTGUARD_OUTCOME, call.outcome.value)
+        outcome = call.outcome.value if call.outcome is not None else n.OUTCOME_CANCELLED
+        span.set_attribute(n.RTGUARD_OUTCOME, outcome)
         if self._metrics:
-            exemplar = _exemplar(span)
-            duration = time.monotonic() - call.started
-            labels = (call.label, call.error_type or "")
-            self._child(self._metrics.tool_duration, *labels).observe(duration, exemplar)
-            if isinstance(event, OutputAcknowledged):
-                self._child(self._metrics.output_latency, call.label).observe(
-                    event.latency, exemplar
-                )
-            else:
-                self._metrics.calls_without_output.labels(event.reason.value).inc()
-            self._metrics.refresh()
-        span.end()
+            self._observe_settled(call, event)
+        if cut_off:
+            self._cut_off.append((call, now))
+        else:
+            span.end(now)
+        self._turn_call_ended(call, now)
+
+    def _observe_settled(
+        self, call: _CallTrace, event: OutputAcknowledged | CallIncomplete
+    ) -> None:
+        assert self._metrics is not None
+        linked = exemplar(call.span)
+        duration = time.monotonic() - call.started
+        labels = (call.label, call.error_type or "")
+        self._child(self._metrics.tool_duration, *labels).observe(duration, linked)
+        if isinstance(event, OutputAcknowledged):
+            self._child(self._metrics.output_latency, call.label).observe(event.latency, linked)
+        else:
+            self._metrics.calls_without_output.labels(event.reason.value).inc()
+        self._metrics.refresh()
+
+    def _turn_call_ended(self, call: _CallTrace, now: int) -> None:
+        turn = call.turn
+        turn.open_calls -= 1
+        turn.last_ns = max(turn.last_ns, now)
+        if call.error_type is not None:
+            turn.failed_calls += 1
+            turn.error_type = turn.error_type or call.error_type
+        self._maybe_end(turn)
 
     # --- errors ----------------------------------------------------------------------------
 
     def _protocol_error(self, event: ProtocolErrorEvent) -> None:
         if self._metrics:
             self._metrics.protocol_errors.labels(event.reason).inc()
+        if event.reason == n.ERROR_RESPONSE_TIMEOUT:  # the core gave up on the response
+            now = time.time_ns()
+            for response_id, generation in list(self._generations.items()):
+                fail(generation.span, n.ERROR_RESPONSE_TIMEOUT, None)
+                self._end_generation(response_id, None, now)
 
     def _server_error(self, event: ServerError) -> None:
         if self._metrics:
@@ -435,6 +595,10 @@ class SessionTelemetry:
     def _error_swallowed(self, event: ErrorSwallowed) -> None:
         if self._metrics:
             self._metrics.swallowed_errors.labels(event.place).inc()
+        if event.place == "response_create":  # rtguard gave up asking for the answer
+            for turn in list(self._turns):
+                turn.unanswered = False
+                self._maybe_end(turn)
 
     def _events_dropped(self, event: EventsDropped) -> None:
         if self._metrics:
@@ -455,46 +619,22 @@ class SessionTelemetry:
             return {}
         return {n.GEN_AI_REALTIME_SESSION_ID: self._session_id}
 
+    def _model_attribute(self) -> dict[str, Any]:
+        model = self._session.config.session_options.get("model")
+        return {n.GEN_AI_REQUEST_MODEL: model} if isinstance(model, str) else {}
 
-def _fail(span: Span, error_type: str, error: BaseException | None) -> None:
-    """Mark a span failed; exception text passes the same redaction as model-visible text."""
-    span.set_attribute(n.ERROR_TYPE, error_type)
-    message = redact(safe_str(error))[:_MAX_STATUS_CHARS] if error is not None else error_type
-    span.set_status(Status(StatusCode.ERROR, message))
-    if error is not None:
-        # By hand, not span.record_exception(): that calls str(error), which may raise.
-        stacktrace = redact("".join(traceback.format_exception(error)))
-        span.add_event(
-            "exception",
-            {
-                "exception.type": type_name(error),
-                "exception.message": message,
-                "exception.stacktrace": stacktrace,
-            },
-        )
+    @staticmethod
+    def _operation_name(operation: str, model: object) -> str:
+        return f"{operation} {model}" if isinstance(model, str) else operation
 
 
 def _fail_call(call: _CallTrace, error_type: str, error: BaseException | None) -> None:
     """Mark the call's execute_tool span failed; the same error.type labels its duration."""
     call.error_type = error_type
-    _fail(call.span, error_type, error)
+    fail(call.span, error_type, error)
 
 
-def _exemplar(span: Span) -> dict[str, str] | None:
-    context = span.get_span_context()
-    if not context.is_valid or not context.trace_flags.sampled:
-        return None
-    return {
-        "trace_id": format(context.trace_id, "032x"),
-        "span_id": format(context.span_id, "016x"),
-    }
-
-
-def _remember(
-    cache: OrderedDict[str, Any], key: str, value: Any, limit: int, *, end: bool = False
-) -> None:
-    cache[key] = value
-    if len(cache) > limit:
-        _, oldest = cache.popitem(last=False)
-        if end:
-            oldest.end()
+def _end_reason(turn: _Turn) -> str:
+    if turn.session_ended:
+        return n.END_SESSION_CLOSED
+    return n.END_INTERRUPTED if turn.interrupted else n.END_COMPLETED

@@ -5,51 +5,243 @@ The session itself only uses the OpenTelemetry API, so an app's own SDK setup wi
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry import _logs, trace
+from opentelemetry.sdk._logs import (
+    LoggerProvider,
+    LogRecordProcessor,
+    ReadableLogRecord,
+    ReadWriteLogRecord,
+)
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from ._metrics import RtguardMetrics
 
-__all__ = ["configure", "start_metrics_server"]
+__all__ = ["ExportReport", "OtlpExport", "configure", "start_metrics_server"]
 
 logger = logging.getLogger("rtguard")
+
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 
 def configure(
     *,
     service_name: str | None = None,
     exporter: SpanExporter | None = None,
+    log_exporter: LogRecordExporter | None = None,
     metrics: RtguardMetrics | None = None,
-) -> TracerProvider:
-    """Install an SDK tracer provider that batches spans to OTLP and make it global.
+) -> OtlpExport:
+    """Install SDK tracer and logger providers that batch spans and the session events to
+    OTLP, make them global, and return the handle to shut them down with.
 
-    Honours the standard variables: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``..._TRACES_ENDPOINT``, ``..._HEADERS`` and
-    ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc``, the default, or ``http/protobuf``). Export
-    failures are counted in ``rtguard_swallowed_errors_total{place="span_export"}``.
+    Honours the standard variables, which win over the arguments as in the SDK's own
+    resource detection: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` over
+    ``service_name``; ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``..._TRACES_ENDPOINT``,
+    ``..._HEADERS``, ``..._TIMEOUT``, ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc``, the default,
+    or ``http/protobuf``); ``OTEL_LOGS_EXPORTER=none`` for a backend that takes no logs.
+    Export failures are counted in ``rtguard_swallowed_errors_total{place="span_export"}``
+    and in the handle's :class:`ExportReport`.
+
+    The providers do not flush at interpreter exit on their own (that waits up to 30 s on a
+    dead endpoint); the handle does, bounded by ``DEFAULT_SHUTDOWN_TIMEOUT``, unless the app
+    calls :meth:`OtlpExport.shutdown` first.
     """
-    attributes = {"service.name": service_name} if service_name else {}
-    provider = TracerProvider(resource=Resource.create(attributes))
-    exporter = exporter or _otlp_exporter()
-    provider.add_span_processor(BatchSpanProcessor(_CountingExporter(exporter, metrics)))
-    trace.set_tracer_provider(provider)
-    return provider
+    named = Resource.create({"service.name": service_name} if service_name else {})
+    resource = named.merge(OTELResourceDetector().detect())
+    counter = _ExportCounter(metrics)
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    spans = _CountingSpanExporter(exporter or _span_exporter(), counter)
+    tracer_provider.add_span_processor(_Offered(counter))
+    tracer_provider.add_span_processor(BatchSpanProcessor(spans))
+    trace.set_tracer_provider(tracer_provider)
+    logger_provider = None
+    if log_exporter is not None or os.environ.get("OTEL_LOGS_EXPORTER", "otlp") != "none":
+        logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        records = _CountingLogExporter(log_exporter or _log_exporter(), counter)
+        logger_provider.add_log_record_processor(_Offered(counter))
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(records))
+        _logs.set_logger_provider(logger_provider)
+    handle = OtlpExport(tracer_provider, logger_provider, counter)
+    atexit.register(handle.shutdown)
+    return handle
 
 
-def _otlp_exporter() -> SpanExporter:
-    protocol = os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    )
-    if protocol == "http/protobuf":
+@dataclass(frozen=True)
+class ExportReport:
+    """What reached the OTLP endpoint: ``exported`` and ``failed`` count spans and log
+    records; ``timed_out`` means shutdown stopped waiting and what was still queued is lost."""
+
+    exported: int
+    failed: int
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.timed_out
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{self.exported} spans and events exported"
+        lost = " (gave up waiting at shutdown)" if self.timed_out else ""
+        return (
+            f"export failed: {self.failed} of {self.exported + self.failed} spans and events "
+            f"not exported{lost}"
+        )
+
+
+class OtlpExport:
+    """The providers :func:`configure` installed, and the one bounded way to stop them."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider,
+        logger_provider: LoggerProvider | None,
+        counter: _ExportCounter,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.logger_provider = logger_provider
+        self._counter = counter
+        self._report: ExportReport | None = None
+
+    @property
+    def report(self) -> ExportReport:
+        """The counts so far (final once :meth:`shutdown` returned)."""
+        return self._report or self._counter.report(timed_out=False)
+
+    def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ExportReport:
+        """Flush what is queued and stop, within ``timeout`` seconds whatever the endpoint
+        does. The SDK's own shutdown has no overall deadline (the OTLP exporter retries a
+        dead endpoint for up to its timeout, the batch processor waits up to 30 s), so it
+        runs in a daemon thread this call stops waiting for."""
+        if self._report is not None:
+            return self._report
+        worker = threading.Thread(target=self._flush_and_stop, name="rtguard-otlp-shutdown")
+        worker.daemon = True
+        worker.start()
+        worker.join(timeout)
+        self._report = self._counter.report(timed_out=worker.is_alive())
+        if not self._report.ok:
+            logger.warning("OpenTelemetry %s", self._report)
+        return self._report
+
+    def _flush_and_stop(self) -> None:
+        providers: list[Any] = [self.tracer_provider, self.logger_provider]
+        for provider in filter(None, providers):
+            provider.force_flush()
+            provider.shutdown()
+
+
+class _ExportCounter:
+    """Counts what was handed to the SDK and what the endpoint accepted, instead of letting
+    failures vanish into the SDK's log line: the difference, lost for whatever reason
+    (refused, unreachable, still queued at shutdown), is what the report calls failed. Each
+    failed export also counts in the swallowed-errors metric's ``span_export`` place."""
+
+    def __init__(self, metrics: RtguardMetrics | None) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._offered = 0
+        self._exported = 0
+
+    def offered(self) -> None:
+        with self._lock:
+            self._offered += 1
+
+    def export(self, items: Sequence[object], export: _Export) -> bool:
+        try:
+            ok = export(items)
+        except Exception:
+            logger.exception("OpenTelemetry export failed")
+            ok = False
+        if ok:
+            with self._lock:
+                self._exported += len(items)
+        else:
+            (self._metrics or _default_metrics()).swallowed_errors.labels("span_export").inc()
+        return ok
+
+    def report(self, *, timed_out: bool) -> ExportReport:
+        with self._lock:
+            return ExportReport(self._exported, self._offered - self._exported, timed_out)
+
+
+class _Offered(SpanProcessor, LogRecordProcessor):
+    """Counts every span that ends and every log record emitted: what export owes."""
+
+    def __init__(self, counter: _ExportCounter) -> None:
+        self._counter = counter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._counter.offered()
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        self._counter.offered()
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class _Export(Protocol):
+    def __call__(self, items: Sequence[Any], /) -> bool: ...
+
+
+class _CountingSpanExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, counter: _ExportCounter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        ok = self._counter.export(
+            spans, lambda items: self._inner.export(items) is SpanExportResult.SUCCESS
+        )
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _CountingLogExporter(LogRecordExporter):
+    def __init__(self, inner: LogRecordExporter, counter: _ExportCounter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        ok = self._counter.export(
+            batch, lambda items: self._inner.export(items) is LogRecordExportResult.SUCCESS
+        )
+        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _span_exporter() -> SpanExporter:
+    if _protocol("TRACES") == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
@@ -58,28 +250,20 @@ def _otlp_exporter() -> SpanExporter:
     return Grpc()
 
 
-class _CountingExporter(SpanExporter):
-    """Counts export failures instead of letting them vanish into the SDK's log line."""
+def _log_exporter() -> LogRecordExporter:
+    if _protocol("LOGS") == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-    def __init__(self, inner: SpanExporter, metrics: RtguardMetrics | None) -> None:
-        self._inner = inner
-        self._metrics = metrics
+        return OTLPLogExporter()
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as Grpc
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:
-            logger.exception("span export failed")
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
-            (self._metrics or _default_metrics()).swallowed_errors.labels("span_export").inc()
-        return result
+    return Grpc()
 
-    def shutdown(self) -> None:
-        self._inner.shutdown()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+def _protocol(signal: str) -> str:
+    """``grpc`` (the default) or ``http/protobuf``, per signal as the SDK reads it."""
+    generic = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", generic)
 
 
 def _default_metrics() -> RtguardMetrics:
