@@ -1,7 +1,15 @@
-"""Generate dashboards/rtguard.json, the Grafana dashboard for rtguard.
+"""Generate dashboards/rtguard.json (the Grafana dashboard) and dashboards/slo.yml (the SLO's
+recording rules and burn-rate alerts).
 
-    .venv/bin/python dashboards/generate.py          # write rtguard.json
-    .venv/bin/python dashboards/generate.py --check  # exit 1 if rtguard.json is not current
+    .venv/bin/python dashboards/generate.py          # write both files
+    .venv/bin/python dashboards/generate.py --check  # exit 1 if either is not current
+    .venv/bin/python dashboards/generate.py --slo-seconds 5 --slo-objective 0.995 \
+        --output-dir deploy/                         # your own SLO, written elsewhere
+
+The SLO is "calls answered within N s": a call is good when the server acknowledged its output
+within ``--slo-seconds`` (a bucket boundary of rtguard_output_latency_seconds), bad when it was
+later or never got one (rtguard_calls_without_output_total). Its alerts are the Google SRE
+workbook's multi-window, multi-burn-rate pair: a fast burn pages, a slow burn opens a ticket.
 
 Metric names come from rtguard.telemetry._names, so the dashboard cannot drift from what
 rtguard exports. It follows grafana/dashboard-linter's conventions: one `datasource`
@@ -16,12 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rtguard.telemetry import _names as n
 
-OUTPUT = Path(__file__).resolve().parent / "rtguard.json"
+HERE = Path(__file__).resolve().parent
+OUTPUT = HERE / "rtguard.json"
+SLO_OUTPUT = HERE / "slo.yml"
+RUNBOOK = "https://github.com/rtguard/rtguard/blob/main/docs/operations.md#"
 
 UID = "rtguard-overview"
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11.x
@@ -119,7 +133,128 @@ def quantiles(histogram: str) -> list[Json]:
     ]
 
 
-def panels() -> list[Json]:
+@dataclass(frozen=True)
+class Slo:
+    """Calls answered within ``seconds``, for ``objective`` of the calls over ``period``."""
+
+    seconds: float = 2.5
+    objective: float = 0.99
+    period: str = "30d"
+
+    def __post_init__(self) -> None:
+        if self.seconds not in n.OUTPUT_LATENCY_BUCKETS:
+            raise ValueError(f"--slo-seconds must be one of {n.OUTPUT_LATENCY_BUCKETS}")
+        if not 0 < self.objective < 1:
+            raise ValueError("--slo-objective must be between 0 and 1")
+
+    @property
+    def budget(self) -> float:
+        return round(1 - self.objective, 10)
+
+    @property
+    def title(self) -> str:
+        return f"calls answered within {self.seconds:g} s, {self.objective:.4g} over {self.period}"
+
+
+# (alert, severity, for, [(long window, short window, burn rate)]): the workbook's table for
+# a 30-day budget. 14.4x spends 2% of it in an hour, 6x 5% in six hours (page); 3x spends
+# 10% in a day, 1x 10% in three days (ticket). The short window resets the alert soon after
+# the burn stops.
+BURN_ALERTS = (
+    ("RtguardErrorBudgetFastBurn", "critical", "2m", [("1h", "5m", 14.4), ("6h", "30m", 6.0)]),
+    ("RtguardErrorBudgetSlowBurn", "warning", "15m", [("1d", "2h", 3.0), ("3d", "6h", 1.0)]),
+)
+
+
+def error_ratio(window: str) -> str:
+    return n.SLO_ERROR_RATIO.format(window=window)
+
+
+def slo_rules(slo: Slo) -> Json:
+    good = f'{n.METRIC_OUTPUT_LATENCY}_bucket{{le="{slo.seconds}"}}'
+    answered = f"{n.METRIC_OUTPUT_LATENCY}_count"
+    records = [
+        {
+            "record": error_ratio(window),
+            # A job without the unanswered-calls series still gets a ratio (its absence has
+            # an alert of its own): `or ... * 0` stands in a zero with the job's label.
+            "expr": (
+                f"1 - (\n  sum by (job) (rate({good}[{window}]))\n/\n"
+                f"  (\n    sum by (job) (rate({answered}[{window}]))\n"
+                f"    + (\n      sum by (job) (rate({n.METRIC_CALLS_WITHOUT_OUTPUT}[{window}]))\n"
+                f"      or\n      sum by (job) (rate({answered}[{window}])) * 0\n    )\n  )\n)\n"
+            ),
+        }
+        for window in n.SLO_WINDOWS
+    ]
+    alerts = [burn_alert(slo, *alert) for alert in BURN_ALERTS]
+    return {
+        "groups": [
+            {"name": "rtguard-slo-records", "rules": records},
+            {"name": "rtguard-slo", "rules": alerts},
+        ]
+    }
+
+
+def burn_alert(
+    slo: Slo, name: str, severity: str, hold: str, windows: list[tuple[str, str, float]]
+) -> Json:
+    clauses = [
+        f"(\n  {error_ratio(long)} > ({rate:g} * {slo.budget:g})\nand\n"
+        f"  {error_ratio(short)} > ({rate:g} * {slo.budget:g})\n)"
+        for long, short, rate in windows
+    ]
+    pace = "fast" if severity == "critical" else "slowly"
+    spans = " or ".join(f"{rate:g}x over {long} and {short}" for long, short, rate in windows)
+    return {
+        "alert": name,
+        "expr": "\nor\n".join(clauses) + "\n",
+        "for": hold,
+        "labels": {"severity": severity},
+        "annotations": {
+            "summary": f"rtguard is burning its error budget {pace}.",
+            "description": (
+                f"Job {{{{ $labels.job }}}} is burning the error budget of its SLO ({slo.title}) "
+                f"at {spans}: {{{{ $value | humanizePercentage }}}} of its calls were not "
+                f"answered within {slo.seconds:g} s."
+            ),
+            "runbook_url": RUNBOOK + name.lower(),
+        },
+    }
+
+
+class _Block(str):
+    """A multi-line string YAML writes as a literal block."""
+
+
+def _block(dumper: yaml.SafeDumper, text: _Block) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Block, _block)
+
+
+def render_slo(slo: Slo) -> str:
+    rules = slo_rules(slo)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["expr"] = _Block(rule["expr"])
+    header = (
+        f"# GENERATED by dashboards/generate.py: do not edit; change the SLO with its flags.\n"
+        f"# SLO: {slo.title}.\n"
+        "# Recording rules per job, then the SRE workbook's multi-window, multi-burn-rate\n"
+        "# alerts (a fast burn pages, a slow burn opens a ticket). Prometheus loads this file\n"
+        "# beside alerts.yml; the runbooks are in docs/operations.md.\n"
+    )
+    body = yaml.dump(rules, Dumper=_Dumper, sort_keys=False, width=100)
+    return header + body
+
+
+def panels(slo: Slo) -> list[Json]:
     calls = sel(n.METRIC_TOOL_CALLS, tool=True)
     failures = sel(n.METRIC_TOOL_CALLS, 'outcome!="success"', tool=True)
     ok = {"color": "green", "value": None}
@@ -297,6 +432,7 @@ def panels() -> list[Json]:
             stack=True,
         ),
     ]
+    out += slo_panels(slo, y=46)
     # The waiting panel plots seconds on the right axis.
     waiting = out[8]
     waiting["fieldConfig"]["overrides"] = [
@@ -311,6 +447,71 @@ def panels() -> list[Json]:
     for number, item in enumerate(out, start=1):
         item["id"] = number
     return out
+
+
+def slo_panels(slo: Slo, y: int) -> list[Json]:
+    """A row for the SLO: what is left of the error budget and how fast it burns (each
+    burn-rate alert's threshold is a line on the burn-rate panel)."""
+
+    def ratio(window: str) -> str:
+        return f'max({error_ratio(window)}{{job=~"$job"}})'
+
+    budget = f"{slo.budget:g}"
+    row = {
+        "type": "row",
+        "title": f"Error budget: {slo.title}",
+        "collapsed": False,
+        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+        "panels": [],
+    }
+    burn_lines = sorted({rate for *_, windows in BURN_ALERTS for *_, rate in windows})
+    return [
+        row,
+        panel(
+            "Calls answered in time",
+            f"Share of calls whose output the server acknowledged within {slo.seconds:g} s "
+            f"over the last {slo.period} (the SLO's indicator; the objective is "
+            f"{slo.objective:.4g}).",
+            "percentunit",
+            [target(f"1 - {ratio(slo.period)}", "answered in time", "A")],
+            (0, y + 1, 6, 8),
+            kind="stat",
+            thresholds=[
+                {"color": "red", "value": None},
+                {"color": "green", "value": slo.objective},
+            ],
+        ),
+        panel(
+            "Error budget remaining",
+            f"What is left of the {slo.period} error budget ({budget} of the calls may be late "
+            "or unanswered); below 0 the SLO is missed.",
+            "percentunit",
+            [target(f"1 - {ratio(slo.period)} / {budget}", "budget left", "A")],
+            (6, y + 1, 6, 8),
+            kind="stat",
+            thresholds=[
+                {"color": "red", "value": None},
+                {"color": "orange", "value": 0},
+                {"color": "green", "value": 0.25},
+            ],
+        ),
+        panel(
+            "Error budget burn rate",
+            "How many times faster than the budget allows calls are late or unanswered, per "
+            "window (1 spends the budget exactly over the period). RtguardErrorBudgetFastBurn "
+            "pages at 14.4x over 1 h and 5 m, or 6x over 6 h and 30 m; "
+            "RtguardErrorBudgetSlowBurn opens a ticket at 3x over 1 d and 2 h, or 1x over "
+            "3 d and 6 h.",
+            "short",
+            [
+                target(f"{ratio(window)} / {budget}", window, chr(ord("A") + i))
+                for i, window in enumerate(("5m", "1h", "6h", "1d", "3d"))
+            ],
+            (12, y + 1, 12, 8),
+            thresholds=[{"color": "green", "value": None}]
+            + [{"color": "red", "value": rate} for rate in burn_lines],
+        ),
+    ]
 
 
 def query_variable(name: str, label: str, query: str) -> Json:
@@ -332,7 +533,7 @@ def query_variable(name: str, label: str, query: str) -> Json:
     }
 
 
-def dashboard() -> Json:
+def dashboard(slo: Slo) -> Json:
     build_info = n.METRIC_BUILD_INFO
     return {
         "uid": UID,
@@ -385,25 +586,38 @@ def dashboard() -> Json:
                 ),
             ]
         },
-        "panels": panels(),
+        "panels": panels(slo),
     }
 
 
-def render() -> str:
-    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+def render(slo: Slo | None = None) -> str:
+    return json.dumps(dashboard(slo or Slo()), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="fail if the file is not current")
+    parser.add_argument("--check", action="store_true", help="fail if a file is not current")
+    parser.add_argument("--slo-seconds", type=float, default=Slo.seconds)
+    parser.add_argument("--slo-objective", type=float, default=Slo.objective)
+    parser.add_argument("--output-dir", type=Path, default=HERE)
     args = parser.parse_args(argv)
-    text = render()
+    try:
+        slo = Slo(args.slo_seconds, args.slo_objective)
+    except ValueError as exc:
+        parser.error(str(exc))
+    outputs = {
+        args.output_dir / OUTPUT.name: render(slo),
+        args.output_dir / SLO_OUTPUT.name: render_slo(slo),
+    }
     if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT} is out of date: run python dashboards/generate.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
+        stale = [
+            path for path, text in outputs.items() if not path.exists() or path.read_text() != text
+        ]
+        for path in stale:
+            print(f"{path} is out of date: run python dashboards/generate.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text)
     return 0
 
 

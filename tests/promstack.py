@@ -44,6 +44,8 @@ from rtguard.telemetry import RtguardMetrics, Telemetry, start_metrics_server
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
 ALERTS = DASHBOARDS / "alerts.yml"
+SLO_RULES = DASHBOARDS / "slo.yml"
+RULE_FILES = (ALERTS, SLO_RULES)
 PROMETHEUS_CONFIG = DASHBOARDS / "prometheus.yml"
 ALERTMANAGER_CONFIG = DASHBOARDS / "alertmanager.yml"
 INSTALL_HINT = (
@@ -225,13 +227,16 @@ class Stack:
 
 
 def prometheus_config(
-    metrics_port: int, alertmanager_port: int, rules: Path, interval: str = SCRAPE_INTERVAL
+    metrics_port: int,
+    alertmanager_port: int,
+    rules: tuple[Path, ...],
+    interval: str = SCRAPE_INTERVAL,
 ) -> dict[str, Any]:
     """The shipped dashboards/prometheus.yml, pointed at this test's ports and files."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"]["scrape_interval"] = interval
     config["global"]["evaluation_interval"] = interval
-    config["rule_files"] = [str(rules)]
+    config["rule_files"] = [str(path) for path in rules]
     (alerting,) = config["alerting"]["alertmanagers"]
     alerting["static_configs"] = [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -253,8 +258,9 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def stack(tmp: Path, rules: Path = ALERTS) -> Iterator[Stack]:
-    """Start everything on free loopback ports; stop every process on the way out."""
+def stack(tmp: Path, rules: tuple[Path, ...] = RULE_FILES) -> Iterator[Stack]:
+    """Start everything on free loopback ports, Prometheus with the shipped rule files (or
+    the test's variants of them); stop every process on the way out."""
     registry = CollectorRegistry()
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -1,6 +1,8 @@
-"""dashboards/alerts.yml: valid for the real promtool, unit-tested alert by alert
-(dashboards/alerts_test.yml), in the monitoring-mixins style, and keyed on the metric names
-rtguard exports. The example Prometheus and Alertmanager configs pass their own checkers."""
+"""dashboards/alerts.yml and the generated dashboards/slo.yml: valid for the real promtool,
+unit-tested alert by alert (dashboards/alerts_test.yml), in the monitoring-mixins style, and
+keyed on the metric names rtguard exports. The SLO's burn-rate alerts follow the SRE
+workbook's multi-window, multi-burn-rate table. The example Prometheus and Alertmanager
+configs pass their own checkers."""
 
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from promstack import ALERTMANAGER_CONFIG, ALERTS, DASHBOARDS, PROMETHEUS_CONFIG, ROOT, run_tool
+from promstack import (
+    ALERTMANAGER_CONFIG,
+    ALERTS,
+    DASHBOARDS,
+    PROMETHEUS_CONFIG,
+    ROOT,
+    RULE_FILES,
+    SLO_RULES,
+    run_tool,
+)
 from rtguard.telemetry import _names as n
 
 ALERTS_TEST = DASHBOARDS / "alerts_test.yml"
@@ -22,11 +33,19 @@ HISTOGRAMS = {n.METRIC_TOOL_DURATION, n.METRIC_OUTPUT_LATENCY}
 SERIES = {v for k, v in vars(n).items() if k.startswith("METRIC_")} | {
     f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "count", "sum")
 }
+RECORDED = {n.SLO_ERROR_RATIO.format(window=w) for w in n.SLO_WINDOWS}
+# A metric name outside label matchers: rtguard's own, or one of the SLO's recorded series.
+METRIC_NAME = r"(?<![\w:])((?:job:)?(?:rtguard|gen_ai)_[\w:]+)"
+
+
+def rules(*kinds: str) -> list[dict[str, Any]]:
+    """The rules of every shipped rule file that have one of these keys (alert, record)."""
+    groups = [g for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]]
+    return [rule for group in groups for rule in group["rules"] if set(kinds) & set(rule)]
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+    return rules("alert")
 
 
 def unit_tests() -> list[dict[str, Any]]:
@@ -46,8 +65,10 @@ def check(result: Any) -> str:
 
 
 def test_promtool_check_rules() -> None:
-    output = check(run_tool("promtool", "check", "rules", str(ALERTS)))
-    assert f"SUCCESS: {len(alert_rules())} rules found" in output
+    for path in RULE_FILES:
+        output = check(run_tool("promtool", "check", "rules", str(path)))
+        groups = yaml.safe_load(path.read_text())["groups"]
+        assert f"SUCCESS: {sum(len(g['rules']) for g in groups)} rules found" in output
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -59,6 +80,7 @@ def test_promtool_unit_tests_fail_on_a_wrong_expectation(tmp_path: Path) -> None
     """The unit tests compare labels and annotations exactly (they are not vacuous)."""
     text = ALERTS_TEST.read_text().replace("reason: rejected_by_server", "reason: other", 1)
     (tmp_path / "alerts.yml").write_text(ALERTS.read_text())
+    (tmp_path / "slo.yml").write_text(SLO_RULES.read_text())
     (tmp_path / "alerts_test.yml").write_text(text)
     result = run_tool("promtool", "test", "rules", str(tmp_path / "alerts_test.yml"))
     assert result.returncode != 0
@@ -67,9 +89,11 @@ def test_promtool_unit_tests_fail_on_a_wrong_expectation(tmp_path: Path) -> None
 
 def test_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
     output = check(run_tool("promtool", "check", "config", str(PROMETHEUS_CONFIG)))
-    assert f"SUCCESS: {len(alert_rules())} rules found" in output
+    for path in RULE_FILES:
+        groups = yaml.safe_load(path.read_text())["groups"]
+        assert f"SUCCESS: {sum(len(g['rules']) for g in groups)} rules found" in output
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    assert config["rule_files"] == ["alerts.yml"]
+    assert config["rule_files"] == ["alerts.yml", "slo.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["rtguard"]["static_configs"] == [{"targets": ["127.0.0.1:9464"]}]
     (alertmanagers,) = config["alerting"]["alertmanagers"]
@@ -145,10 +169,46 @@ def test_runbook_urls_point_at_runbook_sections() -> None:
 
 
 def test_expressions_use_the_exported_metric_names() -> None:
-    for rule in alert_rules():
+    for rule in rules("alert", "record"):
         # Metric names: what is left outside label matchers and `by (...)` groupings.
         outside = re.sub(r"\{[^}]*\}|\b(?:by|without) \([^)]*\)", "", rule["expr"])
-        names = set(re.findall(r"\b((?:rtguard|gen_ai)_\w+)", outside))
-        assert names or "up{" in rule["expr"], rule["alert"]
+        names = set(re.findall(METRIC_NAME, outside))
+        assert names or "up{" in rule["expr"], rule
         for name in names:
-            assert name in SERIES, f"{rule['alert']}: {name} is not in telemetry/_names.py"
+            assert name in SERIES | RECORDED, f"{name} is not in telemetry/_names.py"
+    assert {rule["record"] for rule in rules("record")} == RECORDED
+
+
+def test_burn_rate_alerts_follow_the_workbook() -> None:
+    """Each burn-rate alert pairs a long and a short window at the workbook's burn rates for a
+    99% objective (budget 0.01): 14.4x over 1h/5m and 6x over 6h/30m page, 3x over 1d/2h and
+    1x over 3d/6h open a ticket."""
+    by_name = {rule["alert"]: rule for rule in alert_rules()}
+    expected = {
+        "RtguardErrorBudgetFastBurn": ("critical", [("1h", "5m", "14.4"), ("6h", "30m", "6")]),
+        "RtguardErrorBudgetSlowBurn": ("warning", [("1d", "2h", "3"), ("3d", "6h", "1")]),
+    }
+    for name, (severity, windows) in expected.items():
+        rule = by_name[name]
+        assert rule["labels"]["severity"] == severity
+        found = re.findall(r"ratio_rate(\w+) > \(([\d.]+) \* 0.01\)", rule["expr"])
+        pairs = [(found[i][0], found[i + 1][0], found[i][1]) for i in range(0, len(found), 2)]
+        assert pairs == windows, rule["expr"]
+        assert all(found[i][1] == found[i + 1][1] for i in range(0, len(found), 2))
+    ratio = SLO_RULES.read_text()
+    assert 'rtguard_output_latency_seconds_bucket{le="2.5"}' in ratio
+    assert n.METRIC_CALLS_WITHOUT_OUTPUT in ratio  # unanswered calls count as bad
+
+
+def test_a_custom_slo_is_generated_from_its_flags(tmp_path: Path) -> None:
+    from test_dashboards import load_generator
+
+    generator = load_generator()
+    args = ["--slo-seconds", "5", "--slo-objective", "0.995", "--output-dir", str(tmp_path)]
+    assert generator.main(args) == 0
+    text = (tmp_path / "slo.yml").read_text()
+    assert 'le="5.0"' in text
+    assert "> (14.4 * 0.005)" in text
+    check(run_tool("promtool", "check", "rules", str(tmp_path / "slo.yml")))
+    with pytest.raises(SystemExit):
+        generator.main(["--slo-seconds", "3", "--output-dir", str(tmp_path)])  # not a bucket

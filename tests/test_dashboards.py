@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import re
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ UNITS = {"short", "none", "percent", "percentunit", "s", "ms", "reqps", "ops", "
 METRICS = {v for k, v in vars(n).items() if k.startswith("METRIC_")}
 HISTOGRAMS = {n.METRIC_TOOL_DURATION, n.METRIC_OUTPUT_LATENCY}
 SERIES = METRICS | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "count", "sum")}
+# The SLO's recorded series (dashboards/slo.yml): per job, so they match the job only.
+RECORDED = {n.SLO_ERROR_RATIO.format(window=w) for w in n.SLO_WINDOWS}
+METRIC_NAME = r"(?<![\w:])((?:job:)?(?:rtguard|gen_ai)_[\w:]+)"
 
 
 def load_generator() -> ModuleType:
@@ -39,6 +43,7 @@ def load_generator() -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it runs
     spec.loader.exec_module(module)
     return module
 
@@ -49,8 +54,13 @@ def dashboard() -> dict[str, Any]:
     return data
 
 
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels that show data (rows only group them)."""
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
 def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    for panel in dashboard["panels"]:
+    for panel in panels(dashboard):
         for target in panel["targets"]:
             yield panel, target
 
@@ -127,7 +137,7 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap(dashboard: dict[str,
 def test_every_panel_has_title_description_unit_and_templated_datasource(
     dashboard: dict[str, Any],
 ) -> None:
-    for panel in dashboard["panels"]:
+    for panel in panels(dashboard):
         title = panel["title"]
         assert panel["type"] in ("timeseries", "stat"), title
         assert title, panel
@@ -182,14 +192,15 @@ def test_every_selector_matches_job_and_instance_and_names_a_real_metric(
         expr = target["expr"]
         # Metric names: what is left outside label matchers and `by (...)` groupings.
         outside = re.sub(r"\{[^}]*\}|\b(?:by|without) \([^)]*\)", "", expr)
-        names = re.findall(r"\b((?:rtguard|gen_ai)_\w+)", outside)
+        names = re.findall(METRIC_NAME, outside)
         assert names, expr
-        selectors = re.findall(r"\b((?:rtguard|gen_ai)_\w+)\{([^}]*)\}", expr)
+        selectors = re.findall(METRIC_NAME + r"\{([^}]*)\}", expr)
         assert len(selectors) == len(names), f"a bare metric name in {expr}"
         for name, matchers in selectors:
-            assert name in SERIES, f"{panel['title']}: {name} is not in telemetry/_names.py"
+            assert name in SERIES | RECORDED, f"{panel['title']}: {name} is not in _names.py"
             assert 'job=~"$job"' in matchers, expr
-            assert 'instance=~"$instance"' in matchers, expr
+            if name in SERIES:
+                assert 'instance=~"$instance"' in matchers, expr
 
 
 def exprs(dashboard: dict[str, Any]) -> list[str]:
@@ -223,8 +234,28 @@ def test_the_panels_the_issue_asks_for_exist(dashboard: dict[str, Any]) -> None:
         assert some(rf"\b{metric}\{{"), metric
 
 
+def test_an_slo_row_shows_the_error_budget_and_its_burn_rate(dashboard: dict[str, Any]) -> None:
+    generator = load_generator()
+    slo = generator.Slo()
+    (row,) = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert row["title"] == f"Error budget: {slo.title}"
+    below = [p for p in panels(dashboard) if p["gridPos"]["y"] == row["gridPos"]["y"] + 1]
+    by_title = {p["title"]: p for p in below}
+    budget = by_title["Error budget remaining"]
+    assert budget["targets"][0]["expr"] == (
+        f'1 - max({n.SLO_ERROR_RATIO.format(window="30d")}{{job=~"$job"}}) / 0.01'
+    )
+    burn = by_title["Error budget burn rate"]
+    windows = [t["legendFormat"] for t in burn["targets"]]
+    assert windows == ["5m", "1h", "6h", "1d", "3d"]
+    lines = [s["value"] for s in burn["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+    assert lines == [1.0, 3.0, 6.0, 14.4]  # every burn-rate alert's threshold
+    answered = by_title["Calls answered in time"]["fieldConfig"]["defaults"]["thresholds"]
+    assert answered["steps"][-1]["value"] == slo.objective
+
+
 def test_latency_panels_show_exemplars_in_seconds(dashboard: dict[str, Any]) -> None:
-    latency = [p for p in dashboard["panels"] if "_bucket{" in p["targets"][0]["expr"]]
+    latency = [p for p in panels(dashboard) if "_bucket{" in p["targets"][0]["expr"]]
     assert len(latency) == 2
     for panel in latency:
         assert panel["fieldConfig"]["defaults"]["unit"] == "s"

@@ -1,7 +1,7 @@
 """The shipped alert rules end to end: rtguard's metrics endpoint, the real Prometheus loading
-dashboards/alerts.yml through dashboards/prometheus.yml, the real Alertmanager routing with
-dashboards/alertmanager.yml, and a webhook receiver in the test. All on 127.0.0.1, with
-short intervals; every process is stopped on the way out."""
+dashboards/alerts.yml and the SLO's dashboards/slo.yml through dashboards/prometheus.yml, the
+real Alertmanager routing with dashboards/alertmanager.yml, and a webhook receiver in the test.
+All on 127.0.0.1, with short intervals; every process is stopped on the way out."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from promstack import ALERTS, Stack, run_session, stack, wait_until
+from promstack import ALERTS, SLO_RULES, Stack, run_session, stack, wait_until
 from rtguard import (
     Agent,
     CallIncomplete,
@@ -112,7 +112,15 @@ def test_healthy_run_raises_no_alert(tmp_path: Path) -> None:
 
         wait_until(evaluated_since_run, 10, "every rule evaluated after the run")
         rules = [rule for g in s.rules() for rule in g["rules"]]
-        assert len(rules) == 10
+        slo_rules = sum(len(g["rules"]) for g in yaml.safe_load(SLO_RULES.read_text())["groups"])
+        assert len(rules) == 10 + slo_rules
+        records = [rule for rule in rules if rule["type"] == "recording"]
+        assert len(records) == 8
+        # Every call was answered within 2.5 s: no window counts a bad call (a ratio is 0, or
+        # NaN where the series were born with this run and rate() saw no increase yet).
+        for record in records:
+            (sample,) = s.query(record["name"])
+            assert not float(sample["value"][1]) > 0, record["name"]
         assert all(rule["health"] == "ok" for rule in rules), rules
         assert s.query('sum(rtguard_tool_calls_total{outcome="success"})')[0]["value"][1] == "20"
         assert s.prometheus_alerts() == []
@@ -149,7 +157,7 @@ def test_a_stuck_call_fires_the_waiting_alert(tmp_path: Path) -> None:
             RELEASE[-1].set()
             await task
 
-    with stack(tmp_path, rules=fast_rules) as s:
+    with stack(tmp_path, rules=(fast_rules, SLO_RULES)) as s:
         s.wait_for_target_up()
         asyncio.run(scenario(s))
         (alert, *_) = delivered(s, "RtguardCallAwaitingOutputTooLong")
@@ -160,3 +168,55 @@ def test_a_stuck_call_fires_the_waiting_alert(tmp_path: Path) -> None:
             "instance": f"127.0.0.1:{s.metrics_port}",
         }
         assert alert["annotations"]["runbook_url"] == RUNBOOK + "rtguardcallawaitingoutputtoolong"
+
+
+@function_tool
+async def sluggish() -> str:
+    """Answers, but later than a 25 ms objective."""
+    await asyncio.sleep(0.06)
+    return "late"
+
+
+def test_late_calls_burn_the_error_budget_and_page(tmp_path: Path) -> None:
+    """The SLO end to end: an objective of 25 ms (generated with the generator's own flags,
+    a bucket of the latency histogram), calls that take 60 ms, the recorded error ratio in
+    the real Prometheus, and the fast-burn page at the webhook. The only change to the
+    generated rules is `for: 2m` -> `for: 0s`, so the test does not wait two minutes."""
+    from test_dashboards import load_generator
+
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    generator = load_generator()
+    assert generator.main(["--slo-seconds", "0.025", "--output-dir", str(generated)]) == 0
+    text = (generated / "slo.yml").read_text()
+    assert text.count("for: 2m") == 1
+    fast_rules = tmp_path / "slo.yml"
+    fast_rules.write_text(text.replace("for: 2m", "for: 0s"))
+
+    with stack(tmp_path, rules=(ALERTS, fast_rules)) as s:
+        s.wait_for_target_up()
+        slow_agent = Agent(name="ops", instructions="Operate.", tools=[lookup, sluggish])
+        # rate() needs each series scraped before the calls it counts: the first session
+        # creates the agent's series, as a running process has them.
+        asyncio.run(run_session(Scenario(calls=lookups(1)), slow_agent, s.telemetry))
+        s.wait_for_scrapes(2)
+        calls = (CallSpec("lookup", '{"key": "x"}'), *(CallSpec("sluggish") for _ in range(6)))
+        asyncio.run(run_session(Scenario(calls=calls), slow_agent, s.telemetry))
+        wait_until(
+            lambda: bool(delivered(s, "RtguardErrorBudgetFastBurn")),
+            20,
+            "RtguardErrorBudgetFastBurn at the webhook",
+        )
+        (alert, *_) = delivered(s, "RtguardErrorBudgetFastBurn")
+        assert alert["status"] == "firing"
+        assert alert["labels"] == {
+            "alertname": "RtguardErrorBudgetFastBurn",
+            "severity": "critical",
+            "job": "rtguard",
+        }
+        assert alert["annotations"]["runbook_url"] == RUNBOOK + "rtguarderrorbudgetfastburn"
+        assert "not answered within 0.025 s" in alert["annotations"]["description"]
+        (ratio,) = s.query("job:rtguard_calls_answered_slo_errors:ratio_rate5m")
+        # Six of the seven calls of the second run were late, and the first run's one call was
+        # on time; rate() extrapolates at the window's edges, so the ratio lies between.
+        assert 6 / 8 - 0.05 < float(ratio["value"][1]) < 6 / 7 + 0.05
