@@ -20,6 +20,8 @@ from opentelemetry import trace
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -227,8 +229,9 @@ async def crawl() -> str:
 
 async def test_a_call_cut_off_by_a_lost_connection_has_an_outcome_and_the_exception() -> None:
     run = await run_scenario(
-        Scenario(calls=(CallSpec("crawl"),), faults=Faults(drop_connection_after=0)),
+        Scenario(calls=(CallSpec("crawl"),), faults=Faults(drop_connection_after=frozenset({0}))),
         Agent(name="crawler", tools=[crawl]),
+        config=SessionConfig(reconnect=None),  # the call is not carried to a new connection
         done=lambda r: any(isinstance(e, SessionClosed) for e in r.events),
     )
     assert_contained(run.spans)
@@ -265,7 +268,7 @@ async def test_session_start_and_end_are_events_with_the_session_id() -> None:
     from rtguard import RealtimeSession
     from rtguard.simulator import Simulator
 
-    records = InMemoryLogRecordExporter()
+    records = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     loggers = LoggerProvider()
     loggers.add_log_record_processor(SimpleLogRecordProcessor(records))
     telemetry = Telemetry(tracer_provider=TracerProvider(), logger_provider=loggers)
@@ -660,3 +663,57 @@ def test_multiprocess_mode_aggregates_worker_processes(tmp_path: Path) -> None:
     assert samples[calls] == 6  # three from each finished worker
     assert samples[("rtguard_calls_awaiting_output", ())] == 1  # the stuck worker's call
     assert samples[("rtguard_oldest_call_awaiting_output_age_seconds", ())] > 0
+
+
+@function_tool
+async def brief_crawl() -> str:
+    """Outlasts the connection, not the session."""
+    await asyncio.sleep(0.3)
+    return "crawled"
+
+
+async def test_a_reconnect_ends_one_realtime_session_and_announces_the_next() -> None:
+    from rtguard import RealtimeSession
+    from rtguard.simulator import Simulator
+
+    records = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    loggers = LoggerProvider()
+    loggers.add_log_record_processor(SimpleLogRecordProcessor(records))
+    spans = InMemorySpanExporter()
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = Telemetry(tracer_provider=tracers, logger_provider=loggers)
+    scenario = Scenario(
+        calls=(CallSpec("brief_crawl"),), faults=Faults(drop_connection_after=frozenset({0}))
+    )
+    crawler = Agent(name="crawler", tools=[brief_crawl])
+    async with (
+        Simulator(scenario) as sim,
+        RealtimeSession(crawler, url=sim.url, telemetry=telemetry) as session,
+        asyncio.timeout(10),
+    ):
+        async for event in session:
+            if isinstance(event, OutputAcknowledged):
+                break
+    lifecycle = [
+        (r.log_record.event_name, dict(r.log_record.attributes or {}))
+        for r in records.get_finished_logs()
+    ]
+    names = [name for name, _ in lifecycle]
+    assert names == [
+        "gen_ai.client.realtime_session.started",
+        "gen_ai.client.realtime_session.ended",
+        "gen_ai.client.realtime_session.started",
+        "gen_ai.client.realtime_session.ended",
+    ]
+    first, lost, second, closed = (attributes for _, attributes in lifecycle)
+    assert lost["rtguard.session.close_reason"] == "connection_lost"
+    assert lost["error.type"] == "connection_lost"
+    assert first["gen_ai.realtime_session.id"] == lost["gen_ai.realtime_session.id"]
+    assert second["gen_ai.realtime_session.id"] != first["gen_ai.realtime_session.id"]
+    assert closed["rtguard.session.close_reason"] == "closed"
+    finished = list(spans.get_finished_spans())
+    assert_contained(finished)
+    (call,) = [s for s in finished if s.name == "execute_tool brief_crawl"]
+    assert attrs(call)["rtguard.call.output_delivered"] is True  # carried, then answered
+    assert call.status.status_code is StatusCode.UNSET

@@ -71,7 +71,9 @@ RTGUARD_INCOMPLETE_REASON = "rtguard.call.incomplete_reason"
 RTGUARD_ATTEMPT = "rtguard.send.attempt"
 RTGUARD_SEND_RESULT = "rtguard.send.result"
 RTGUARD_WILL_RETRY = "rtguard.send.will_retry"
-RTGUARD_SESSION_CLOSE_REASON = "rtguard.session.close_reason"  # "closed" or "connection_lost"
+# SessionClosed's reason ("closed", "server_closed", "connection_lost", "reconnect_failed"),
+# or, when rtguard reconnects, why the connection ended (a Loss: "connection_lost", ...).
+RTGUARD_SESSION_CLOSE_REASON = "rtguard.session.close_reason"
 
 # rtguard.call.outcome of a call whose tool never finished: the session ended first and
 # cancelled it (the Outcome enum covers every tool that did finish).

@@ -40,6 +40,7 @@ from .._events import (
     OutputSendFailed,
     OutputSent,
     ProtocolErrorEvent,
+    Reconnecting,
     SessionClosed,
     SessionEvent,
     SessionStarted,
@@ -69,14 +70,20 @@ _OUTCOME_ERROR_TYPES = {
     Outcome.UNKNOWN_TOOL: n.ERROR_UNKNOWN_TOOL,
     Outcome.REJECTED: n.ERROR_REJECTED,
 }
-_INCOMPLETE_ERROR_TYPES = {
-    IncompleteReason.RETRIES_EXHAUSTED: n.ERROR_OUTPUT_SEND_FAILED,
-    IncompleteReason.REJECTED_BY_SERVER: n.ERROR_OUTPUT_SEND_FAILED,
-    IncompleteReason.CONNECTION_LOST: IncompleteReason.CONNECTION_LOST.value,
-    IncompleteReason.SESSION_CLOSED: IncompleteReason.SESSION_CLOSED.value,
-    IncompleteReason.UNACKNOWLEDGED: IncompleteReason.UNACKNOWLEDGED.value,
-}
-_SESSION_ENDS = frozenset({IncompleteReason.CONNECTION_LOST, IncompleteReason.SESSION_CLOSED})
+# error.type of a call without output: its reason, or one type for both ways a send failed.
+_SEND_FAILURES = frozenset(
+    {IncompleteReason.RETRIES_EXHAUSTED, IncompleteReason.REJECTED_BY_SERVER}
+)
+# Reasons that end the call with the session (its turn's end reason is then session_closed);
+# of these, the ones whose error arrives with the session's end, not with the call.
+_SESSION_ENDS = frozenset(IncompleteReason) - _SEND_FAILURES - {IncompleteReason.UNACKNOWLEDGED}
+_ENDED_WITH_THE_CONNECTION = frozenset(
+    {
+        IncompleteReason.CONNECTION_LOST,
+        IncompleteReason.RECONNECT_FAILED,
+        IncompleteReason.SERVER_CLOSED,
+    }
+)
 _OPEN_GENERATIONS = 64  # response.done never came for older ones: they are ended
 _MAX_TOOL_NAME_CHARS = 64
 _REFRESH_SECONDS = 1.0
@@ -217,6 +224,7 @@ class SessionTelemetry:
             ServerError: self._server_error,
             ErrorSwallowed: self._error_swallowed,
             EventsDropped: self._events_dropped,
+            Reconnecting: self._reconnecting,
             SessionClosed: self._session_closed,
         }
 
@@ -269,6 +277,26 @@ class SessionTelemetry:
             if event.error is not None:
                 ended[n.ERROR_TYPE] = event.reason
             self._emit_event(n.EVENT_SESSION_ENDED, ended)
+
+    def _reconnecting(self, event: Reconnecting) -> None:
+        """The connection ended and a new one is on its way: that realtime session is over
+        (the next one announces itself with its own id), and so are its generations, whose
+        ``response.done`` will never come. Open calls stay open: they are carried."""
+        if event.attempt != 1:
+            return  # a further attempt: the connection ended only once
+        for response_id in list(self._generations):
+            generation = self._generations[response_id]
+            fail(generation.span, event.reason.value, None)
+            self._end_generation(response_id, None, time.time_ns())
+        if self._announced:
+            self._announced = False
+            self._emit_event(
+                n.EVENT_SESSION_ENDED,
+                {
+                    n.RTGUARD_SESSION_CLOSE_REASON: event.reason.value,
+                    n.ERROR_TYPE: event.reason.value,
+                },
+            )
 
     def _emit_event(self, name: str, attributes: dict[str, Any]) -> None:
         """A realtime-session lifecycle event (the draft models the session as events, not a
@@ -537,11 +565,11 @@ class SessionTelemetry:
             span.set_attribute(n.RTGUARD_INCOMPLETE_REASON, event.reason.value)
             # Cut off by the lost connection with no error of its own: its exception is the
             # connection's, which the session's end event carries.
-            cut_off = event.reason is IncompleteReason.CONNECTION_LOST and event.last_error is None
+            cut_off = event.reason in _ENDED_WITH_THE_CONNECTION and event.last_error is None
             call.turn.session_ended |= event.reason in _SESSION_ENDS
             if call.error_type is None:
                 error = None if cut_off else event.last_error
-                _fail_call(call, _INCOMPLETE_ERROR_TYPES[event.reason], error)
+                _fail_call(call, _incomplete_error_type(event.reason), error)
         span.set_attribute(n.RTGUARD_DELIVERED, delivered)
         span.set_attribute(n.RTGUARD_SEND_ATTEMPTS, call.attempts)
         outcome = call.outcome.value if call.outcome is not None else n.OUTCOME_CANCELLED
@@ -638,3 +666,7 @@ def _end_reason(turn: _Turn) -> str:
     if turn.session_ended:
         return n.END_SESSION_CLOSED
     return n.END_INTERRUPTED if turn.interrupted else n.END_COMPLETED
+
+
+def _incomplete_error_type(reason: IncompleteReason) -> str:
+    return n.ERROR_OUTPUT_SEND_FAILED if reason in _SEND_FAILURES else reason.value
