@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: demo test lint typecheck unit system-deps dashboards bench soak clean
+.PHONY: demo test lint typecheck unit system-deps dashboards bench soak e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,23 @@ bench: $(VENV)/.bench-installed
 
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
+
+# rtguard's traces in a real trace UI (not part of `make test`: Phoenix is ~850 MB). Arize
+# Phoenix runs from its own venv; headless Chromium (Debian's package) takes the screenshot
+# that docs/operations.md shows. Every wait is bounded and Phoenix is stopped by its pid.
+E2E_VENV ?= .venv-e2e
+PHOENIX_VERSION ?= 20.26.1
+
+$(E2E_VENV)/.installed:
+	$(PYTHON) -m venv $(E2E_VENV)
+	$(E2E_VENV)/bin/pip install -q --upgrade pip
+	$(E2E_VENV)/bin/pip install -q 'arize-phoenix==$(PHOENIX_VERSION)'
+	touch $@
+
+e2e: $(STAMP) $(E2E_VENV)/.installed
+	command -v chromium >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+	timeout 900 $(BIN)/python tests/e2e/phoenix_e2e.py --phoenix $(E2E_VENV)/bin/phoenix
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
