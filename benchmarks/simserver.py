@@ -35,7 +35,7 @@ class SimReport:
 
     issued: int
     answered: int  # calls with at least one accepted output
-    duplicated: int  # calls with more than one accepted output
+    duplicated: int  # calls with more than one accepted output in one conversation
     without_response_create: int  # answered calls never followed by a response.create
     refused_outputs: int
     response_creates: int
@@ -199,8 +199,10 @@ def _report(sim: Simulator) -> SimReport:
     return SimReport(
         issued=len(records),
         answered=len(answered),
-        duplicated=sum(1 for r in records if len(r.outputs) > 1),
-        without_response_create=sum(1 for r in answered if not r.response_create_after),
+        duplicated=sum(
+            1 for r in records if any(len(o) > 1 for o in r.outputs_by_connection.values())
+        ),
+        without_response_create=sum(1 for r in answered if not sim.asked_to_answer(r)),
         refused_outputs=sum(r.refused_outputs for r in records),
         response_creates=sim.response_creates,
         refused_response_creates=sim.refused_response_creates,

@@ -505,7 +505,7 @@ async def test_model_got_its_output(name: str) -> None:
         assert len(call.outputs) == 1, call.outputs
         assert case.output in call.outputs[0]
         assert "Traceback" not in call.outputs[0]
-        assert call.response_create_after
+        assert run.sim.asked_to_answer(call)
 
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.error is not None])

@@ -77,11 +77,12 @@ class Faults:
     - ``reject_session_update``: 0-based indexes of ``session.update`` events, counted over
       the whole simulator, answered with an ``error`` instead of ``session.updated`` (the
       session is not changed).
-    - ``drop_connection_after``: abort the TCP connection after the response issuing these
-      calls (their tools are then running: the moment a client must carry a call).
-    - ``drop_after_output``: accept the first output for these calls, then abort the TCP
+    - ``drop_connection_after``: cut the connection (no close frame) after the response
+      issuing these calls (their tools are then running: the moment a client must carry a
+      call). Everything sent before a cut still arrives, as when a network breaks.
+    - ``drop_after_output``: accept the first output for these calls, then cut the
       connection before acknowledging it (the output counts; the client cannot know).
-    - ``drop_during_response``: abort the TCP connection after ``response.output_item.added``
+    - ``drop_during_response``: cut the connection after ``response.output_item.added``
       for these calls, before their arguments are done (the call was never issued).
     - ``end_after``: close the WebSocket normally (1000) after the response issuing this call:
       a deliberate end, not a drop.

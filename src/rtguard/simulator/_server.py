@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from .._failures import redacting_logger
 from . import _wire as wire
@@ -63,7 +64,7 @@ class CallRecord:
     lists, in order, the connections whose conversation held its item; the last one is the
     conversation that continues, and ``outputs`` are about that one. ``responded_on`` are the
     connections where a ``response.create`` followed its output: the model was asked to
-    answer it (a history replayed on a later connection needs no new request).
+    answer it (see :meth:`Simulator.asked_to_answer`).
     """
 
     call_id: str
@@ -80,15 +81,18 @@ class CallRecord:
     # Connections where a response.create followed the call's output.
     responded_on: set[int] = field(default_factory=set)
 
-    @property
-    def outputs(self) -> list[str]:
-        """The accepted outputs in the conversation that continues."""
-        return self.outputs_by_connection.get(self.connections[-1], [])
+    ended_by_server: set[int] = field(default_factory=set, repr=False, compare=False)
 
     @property
-    def response_create_after(self) -> bool:
-        """A response.create followed its output on some connection."""
-        return bool(self.responded_on)
+    def outputs(self) -> list[str]:
+        """The accepted outputs in the conversation that continues: the latest one holding
+        the call, passing over a connection the server cut or expired before the call's
+        output arrived there (the client carries the call on, or its replay left it out)."""
+        for number in reversed(self.connections):
+            outputs = self.outputs_by_connection.get(number, [])
+            if outputs or number not in self.ended_by_server:
+                return outputs
+        return []
 
     @property
     def latency(self) -> float | None:
@@ -122,6 +126,8 @@ class Simulator:
         self.user_messages: list[str] = []
         self.client_events = 0
         self.response_creates = 0
+        self.latest_response_create_on = 0  # the last connection that got a response.create
+        self.ended_by_server: set[int] = set()  # connections a fault cut or expired
         self.refused_response_creates = 0
         self.connections = 0
         self.conversations: dict[int, Conversation] = {}  # by connection number (from 1)
@@ -179,14 +185,21 @@ class Simulator:
     def unanswered(self) -> list[CallRecord]:
         return [c for c in self.calls.values() if not c.outputs]
 
+    def asked_to_answer(self, call: CallRecord) -> bool:
+        """Whether a response.create followed the call's output: on a connection whose
+        conversation held it, or on a later connection, whose conversation goes on from there
+        (even where its replay of the history left this call out)."""
+        delivered_on = max(call.outputs_by_connection, default=0)
+        return bool(call.responded_on) or self.latest_response_create_on > delivered_on > 0
+
     def violations(self) -> list[str]:
         """Every issued call must have exactly one accepted output in the conversation that
-        continues, followed there by a response.create."""
+        continues, and the model must have been asked to answer it."""
         problems = []
         for call in self.calls.values():
             if len(call.outputs) != 1:
                 problems.append(f"{call.call_id} ({call.name}): {len(call.outputs)} outputs")
-            elif not call.response_create_after:
+            elif not self.asked_to_answer(call):
                 problems.append(
                     f"{call.call_id} ({call.name}): no response.create after its output"
                 )
@@ -238,7 +251,7 @@ class Simulator:
 
 
 class _Dropped(Exception):
-    """A fault cut the connection in the middle of a response: nothing more is sent."""
+    """The connection is cut or closing: nothing more is sent on it."""
 
 
 class _Response:
@@ -286,6 +299,7 @@ class _Connection:
         self.audio_bytes = 0  # in the input audio buffer
         self.tokens_used = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.cut_off = False  # cut(): the connection is as good as gone
         self.handlers: dict[str, _Handler] = {
             "session.update": self.on_session_update,
             "input_audio_buffer.append": self.on_audio_append,
@@ -314,7 +328,11 @@ class _Connection:
             self.spawn(self.expire(self.faults.max_session_seconds))
         try:
             async for frame in self.ws:
-                await self.on_frame(frame)
+                # An answer may find the connection closing or cut; reading goes on until it
+                # is closed: frames left unread past websockets' queue limit stop it
+                # reading, and the client's answer to our close would never be seen.
+                with contextlib.suppress(ConnectionClosed, _Dropped):
+                    await self.on_frame(frame)
         except ConnectionClosed:
             pass
         finally:
@@ -328,6 +346,9 @@ class _Connection:
         await self.send_text(json.dumps(event))
 
     async def send_text(self, text: str) -> None:
+        # Not once closing: websockets would hold the send until the connection is closed.
+        if self.cut_off or self.ws.state is not State.OPEN:
+            raise _Dropped
         await self.ws.send(text)
         if self.sim.record_frames:
             self.sim.frames_sent.append(text)
@@ -350,9 +371,13 @@ class _Connection:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def abort(self) -> None:
-        """Cut the TCP connection with no close handshake, as a network failure would."""
-        self.ws.transport.abort()
+    def cut(self) -> None:
+        """End the connection as a broken network does: no close frame. What was already sent
+        still arrives (a FIN follows it, not a reset, which could discard it unread), and from
+        here on nothing is read or sent, as if the wire were gone."""
+        self.cut_off = True
+        self.sim.ended_by_server.add(self.number)
+        self.ws.transport.write_eof()
 
     async def notify(self) -> None:
         async with self.changed:
@@ -360,8 +385,11 @@ class _Connection:
 
     async def expire(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+        if self.cut_off:
+            return
         if self.faults.expiry_error:
             await self.error("invalid_request_error", "session_expired", wire.EXPIRED, None)
+        self.sim.ended_by_server.add(self.number)
         await self.ws.close(1001, wire.EXPIRED)
 
     # --- the scripted model -------------------------------------------------------------
@@ -384,7 +412,7 @@ class _Connection:
             async with sim._script:
                 issued = await self.issue_batch()
             if self.due(faults.drop_connection_after, "drop_connection_after", issued):
-                self.abort()
+                self.cut()
                 return
             if self.due(faults.expire_after, "expire_after", issued):
                 await self.expire(0.0)
@@ -541,7 +569,7 @@ class _Connection:
         placed = await self.add_output_item(response, item)
         faults = self.faults
         if index in faults.drop_during_response and self.sim._fire("drop_during_response", index):
-            self.abort()
+            self.cut()
             raise _Dropped
         streamed = {"item_id": item["id"], "call_id": call_id}
         sent = ""
@@ -578,7 +606,13 @@ class _Connection:
         """Record the call before its ``arguments.done`` goes out, so its output cannot
         arrive first."""
         record = CallRecord(
-            call_id, spec.name, spec.arguments, time.monotonic(), index, [self.number]
+            call_id,
+            spec.name,
+            spec.arguments,
+            time.monotonic(),
+            index,
+            [self.number],
+            ended_by_server=self.sim.ended_by_server,
         )
         self.sim.calls[call_id] = record
         self.sim.next_call = index + 1
@@ -630,6 +664,8 @@ class _Connection:
     # --- what the client sends ----------------------------------------------------------
 
     async def on_frame(self, frame: str | bytes) -> None:
+        if self.cut_off:
+            return
         sim = self.sim
         sim.client_events += 1
         if isinstance(frame, bytes):
@@ -814,7 +850,7 @@ class _Connection:
         if record.index in self.faults.drop_after_output and self.sim._fire(
             "drop_after_output", record.index
         ):
-            self.abort()
+            self.cut()
             return True
         return False
 
@@ -884,6 +920,7 @@ class _Connection:
         for record in self.pending_create:
             record.responded_on.add(self.number)
         self.pending_create.clear()
+        self.sim.latest_response_create_on = max(self.sim.latest_response_create_on, self.number)
         response = self.start_response()
         self.spawn(self.run_response(response, self.stream_reply))
 
