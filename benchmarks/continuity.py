@@ -176,7 +176,8 @@ def main() -> None:
         f"{report.without_response_create}, refused outputs {report.refused_outputs}"
     )
     print(
-        f"- calls without output (client): {sum(observed.incomplete.values())} {dict(observed.incomplete)}"
+        f"- calls without output (client): {sum(observed.incomplete.values())} "
+        f"{dict(observed.incomplete)}"
     )
     print(
         f"- tools run twice: {twice}; tool errors {len(RAISED)}, not delivered exactly once: {lost}"

@@ -700,15 +700,17 @@ async def test_an_expiry_completes_while_the_client_keeps_sending() -> None:
     """The server's close must read on: frames it left unread past websockets' queue limit
     stopped it reading, so it never saw the client's answer and waited 10 s."""
     faults = Faults(max_session_seconds=0.2)
-    async with conforming(Scenario(faults=faults), check_client=False) as sim:
-        async with client(sim.url) as peer:
-            started = time.monotonic()
-            with contextlib.suppress(ConnectionClosed):
-                for _ in range(20_000):  # bursts, each frame answered with an error
-                    await peer.send("no.such.event")
-                await peer.ws.wait_closed()
-            assert time.monotonic() - started < 3.0
-            assert peer.ws.close_code == 1001
+    async with (
+        conforming(Scenario(faults=faults), check_client=False) as sim,
+        client(sim.url) as peer,
+    ):
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(20_000):  # bursts, each frame answered with an error
+                await peer.send("no.such.event")
+            await peer.ws.wait_closed()
+        assert time.monotonic() - started < 3.0
+        assert peer.ws.close_code == 1001
 
 
 async def test_the_api_key_is_checked_as_the_real_server_checks_it() -> None:
