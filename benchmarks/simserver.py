@@ -44,6 +44,7 @@ class SimReport:
     session_updates: int
     first_issued_at: float | None
     last_output_at: float | None
+    violations: list[str] = field(default_factory=list)  # the first invariant breaches
     latencies: list[float] = field(default_factory=list)  # seconds, answered calls, issue order
     decile_rates: list[float] = field(default_factory=list)  # calls/s in each tenth of the run
 
@@ -210,6 +211,7 @@ def _report(sim: Simulator) -> SimReport:
         session_updates=len(sim.session_updates),
         first_issued_at=min((r.issued_at for r in records), default=None),
         last_output_at=max(first_outputs, default=None),
+        violations=sim.violations()[:20],
         latencies=latencies,
         decile_rates=_decile_rates(
             min((r.issued_at for r in records), default=0.0), sorted(first_outputs)

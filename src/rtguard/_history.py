@@ -54,6 +54,9 @@ class History:
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self._items: OrderedDict[str, Item] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        # (type, call_id) -> item id: a call and its output are recorded once each, although
+        # a carried call comes back under a new item id on every connection it visits.
+        self._call_items: dict[tuple[str, str], str] = {}
         self._bytes = 0
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -71,6 +74,9 @@ class History:
         recreated = _recreatable(item)
         if not isinstance(item_id, str) or recreated is None:
             return
+        call = _call_key(recreated)
+        if call is not None and self._call_items.setdefault(call, item_id) != item_id:
+            return  # recorded already, under the id of the connection it was first on
         recreated["id"] = item_id
         self._store(item_id, recreated)
 
@@ -86,8 +92,9 @@ class History:
 
     def remove(self, item_id: str) -> None:
         """The item was deleted, or truncated (the server then drops its transcript too)."""
-        if self._items.pop(item_id, None) is not None:
-            self._bytes -= self._sizes.pop(item_id)
+        item = self._items.pop(item_id, None)
+        if item is not None:
+            self._forget(item_id, item)
 
     def replay(self, policy: ReplayPolicy, open_calls: Collection[str]) -> list[Item]:
         """What a new connection gets: ``policy``'s choice, with every output after its call
@@ -96,32 +103,42 @@ class History:
         ``policy`` is user code: the caller runs it behind the boundary; this raises
         ``TypeError`` for a choice that is not items.
         """
-        chosen = [_checked(item) for item in policy(self.items)]
-        outputs = {i["call_id"] for i in chosen if i["type"] == "function_call_output"}
-        kept: list[Item] = []
-        called: set[str] = set()
-        for item in chosen:
+        kept: list[Item | None] = []
+        unanswered: dict[str, int] = {}  # call_id -> where its function_call was kept
+        answered: set[str] = set()
+        for item in map(_checked, policy(self.items)):
             kind = item["type"]
+            call_id: str = item.get("call_id", "")  # checked: set on calls and outputs
             if kind == "function_call":
-                if item["call_id"] in open_calls or item["call_id"] not in outputs:
-                    continue
-                called.add(item["call_id"])
-            elif (kind == "function_call_output" and item["call_id"] not in called) or (
-                kind == "message" and not item["content"]
-            ):
+                if call_id in open_calls or call_id in unanswered or call_id in answered:
+                    continue  # carried, or a second one
+                unanswered[call_id] = len(kept)
+            elif kind == "function_call_output":
+                if call_id not in unanswered:
+                    continue  # its call is not before it, or it was answered already
+                del unanswered[call_id]
+                answered.add(call_id)
+            elif not item["content"]:
                 continue
             kept.append(item)
-        return kept
+        for position in unanswered.values():
+            kept[position] = None  # a call whose output was not chosen after it
+        return [item for item in kept if item is not None]
 
     def _store(self, item_id: str, item: Item) -> None:
-        self.remove(item_id)
-        size = _size(item)
+        """Record ``item``; one recorded already keeps its place in the conversation."""
+        self._bytes += _size(item) - self._sizes.get(item_id, 0)
+        self._sizes[item_id] = _size(item)
         self._items[item_id] = item
-        self._sizes[item_id] = size
-        self._bytes += size
         while self._items and (len(self._items) > self._max_items or self._bytes > self._max_bytes):
-            oldest, _ = self._items.popitem(last=False)
-            self._bytes -= self._sizes.pop(oldest)
+            oldest, evicted = self._items.popitem(last=False)
+            self._forget(oldest, evicted)
+
+    def _forget(self, item_id: str, item: Item) -> None:
+        self._bytes -= self._sizes.pop(item_id)
+        call = _call_key(item)
+        if call is not None and self._call_items.get(call) == item_id:
+            del self._call_items[call]
 
 
 def _recreatable(item: Mapping[str, Any]) -> Item | None:
@@ -142,6 +159,11 @@ def _recreatable(item: Mapping[str, Any]) -> Item | None:
     if not all(isinstance(item.get(key), str) for key in fields):
         return None
     return {"type": kind, **{key: item[key] for key in fields}}
+
+
+def _call_key(item: Item) -> tuple[str, str] | None:
+    call_id = item.get("call_id")
+    return (item["type"], call_id) if isinstance(call_id, str) else None
 
 
 def _text_part(part: object) -> Item | None:

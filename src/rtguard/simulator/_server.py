@@ -198,7 +198,11 @@ class Simulator:
         problems = []
         for call in self.calls.values():
             if len(call.outputs) != 1:
-                problems.append(f"{call.call_id} ({call.name}): {len(call.outputs)} outputs")
+                where = {n: len(call.outputs_by_connection.get(n, ())) for n in call.connections}
+                problems.append(
+                    f"{call.call_id} ({call.name}): {len(call.outputs)} outputs in the "
+                    f"conversation that continues (outputs by connection: {where})"
+                )
             elif not self.asked_to_answer(call):
                 problems.append(
                     f"{call.call_id} ({call.name}): no response.create after its output"
