@@ -195,6 +195,7 @@ class SessionTelemetry:
         self._max_chars = telemetry.max_content_chars
         self._session = session
         self._session_id: str | None = None
+        self._agent = ""  # the active agent's name, from SessionStarted and each handoff
         self._started = False
         self._announced = False  # the session-started event went out
         self._calls: dict[str, _CallTrace] = {}
@@ -243,6 +244,7 @@ class SessionTelemetry:
 
     def _session_started(self, event: SessionStarted) -> None:
         self._started = True
+        self._agent = event.agent
         if self._metrics:
             self._metrics.active_sessions.inc()
             self._metrics.watch(self._session.ledger)
@@ -370,7 +372,7 @@ class SessionTelemetry:
         self._maybe_end(turn)
 
     def _start_turn(self, now: int) -> _Turn:
-        agent = self._session.agent.name
+        agent = self._agent
         attributes = self._common_attributes() | {
             n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT,
             n.GEN_AI_PROVIDER_NAME: n.PROVIDER_OPENAI,
@@ -497,6 +499,7 @@ class SessionTelemetry:
             self._child(self._metrics.tool_calls, call.label, outcome.value).inc()
 
     def _handoff_completed(self, event: HandoffCompleted) -> None:
+        self._agent = event.to_agent
         call = self._calls.get(event.call_id)
         if call is not None:
             call.span.set_attribute(n.GEN_AI_HANDOFF_TARGET, event.to_agent)
