@@ -35,8 +35,10 @@ from rtguard import (
     RetryPolicy,
     SessionClosed,
     SessionConfig,
+    ToolCallReceived,
     function_tool,
 )
+from rtguard._protocol import ResponseDone
 from rtguard.simulator import CallSpec, Faults, Scenario
 from rtguard.telemetry import RtguardMetrics, Telemetry, TraceContextFilter, start_metrics_server
 
@@ -122,8 +124,13 @@ async def test_one_trace_per_turn_with_its_generations_and_calls() -> None:
     and the model's answer to their outputs, all within its time."""
     SEEN_SPANS.clear()
     calls = tuple(CallSpec("traced", f'{{"n": {i}}}') for i in range(4))
-    # Paced so that each turn is answered before the model starts the next one.
-    run = await run_scenario(Scenario(calls=calls, calls_per_response=2, rate=10), agent)
+    # Paced so that each turn is answered before the model starts the next one; closed once
+    # the second answer is done (two responses with calls, two answers).
+    run = await run_scenario(
+        Scenario(calls=calls, calls_per_response=2, rate=10),
+        agent,
+        done=lambda r: len(r.of_type(ResponseDone)) >= 4,
+    )
     assert_contained(run.spans)
     turns = {root: kids for root, kids in trees(run.spans).items() if kids}
     assert len(turns) == 2
@@ -717,3 +724,41 @@ async def test_a_reconnect_ends_one_realtime_session_and_announces_the_next() ->
     (call,) = [s for s in finished if s.name == "execute_tool brief_crawl"]
     assert attrs(call)["rtguard.call.output_delivered"] is True  # carried, then answered
     assert call.status.status_code is StatusCode.UNSET
+
+
+async def test_an_interrupted_turn_ends_interrupted_without_waiting_for_an_answer() -> None:
+    """The response is cancelled after issuing one call: its output is not answered (whoever
+    interrupted takes the turn), so the turn ends once the call settles, `interrupted`."""
+
+    async def interrupt(run: Run, event: object) -> None:
+        if isinstance(event, ToolCallReceived):
+            await run.session.interrupt()
+
+    def cancelled_and_answered(run: Run) -> bool:
+        done = [e for e in run.events if isinstance(e, ResponseDone)]
+        return bool(run.of_type(OutputAcknowledged)) and any(e.status == "cancelled" for e in done)
+
+    scenario = Scenario(
+        calls=(CallSpec("traced", '{"n": 1}'), CallSpec("traced", '{"n": 2}')),
+        calls_per_response=2,
+        stream_delay=0.02,
+    )
+    run = await run_scenario(scenario, agent, on_event=interrupt, done=cancelled_and_answered)
+    assert_contained(run.spans)
+    first_call = min(run.sim.calls.values(), key=lambda c: c.index)
+    (call,) = [
+        s
+        for s in run.spans_named("execute_tool")
+        if attrs(s)["gen_ai.tool.call.id"] == first_call.call_id
+    ]
+    turn = turn_of(run, first_call.call_id)
+    assert attrs(turn)["gen_ai.agent.invocation.end_reason"] == "interrupted"
+    assert turn.status.status_code is StatusCode.UNSET
+    (generation,) = [
+        s
+        for s in run.spans
+        if s.name == "realtime_inference" and s.parent and s.parent.span_id == turn.context.span_id
+    ]
+    assert attrs(generation)["gen_ai.response.finish_reasons"] != ("stop",)
+    # No answer was waited for: the turn ended with its last child.
+    assert turn.end_time == max(call.end_time, generation.end_time)  # type: ignore[type-var]
