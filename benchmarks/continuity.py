@@ -190,9 +190,7 @@ def main() -> None:
         f"- calls without output (client): {sum(observed.incomplete.values())} "
         f"{dict(observed.incomplete)}"
     )
-    print(
-        f"- tools run twice: {twice}; tool errors {observed.errors}, not delivered once: {lost}"
-    )
+    print(f"- tools run twice: {twice}; tool errors {observed.errors}, not delivered once: {lost}")
     print(
         f"- loss to first frame on the new connection: p50 {percentile(gaps_ms, 50):.0f} ms, "
         f"p99 {percentile(gaps_ms, 99):.0f} ms, max {max(gaps_ms, default=0):.0f} ms"

@@ -431,19 +431,52 @@ def panels(slo: Slo) -> list[Json]:
             (12, 38, 12, 8),
             stack=True,
         ),
-    ]
-    out += slo_panels(slo, y=46)
-    # The waiting panel plots seconds on the right axis.
-    waiting = out[8]
-    waiting["fieldConfig"]["overrides"] = [
-        {
-            "matcher": {"id": "byName", "options": "oldest age"},
-            "properties": [
-                {"id": "unit", "value": "s"},
-                {"id": "custom.axisPlacement", "value": "right"},
+        panel(
+            "Connections replaced",
+            "Connections that ended and were replaced, by why (a rollover is rtguard's own, "
+            "before the server's maximum duration) and whether a new one opened "
+            "(RtguardReconnectStorm, RtguardSessionNotResumed).",
+            "ops",
+            [
+                target(
+                    f"sum by (reason, outcome) ({rate(sel(n.METRIC_RECONNECTS))})",
+                    "{{reason}} {{outcome}}",
+                    "A",
+                )
             ],
-        }
+            (0, 46, 12, 8),
+            stack=True,
+        ),
+        panel(
+            "Carried across connections",
+            "Open calls carried to a new connection and conversation items replayed there "
+            "(per second), and the time without a connection (seconds, right axis).",
+            "ops",
+            [
+                target(f"sum({rate(sel(n.METRIC_CALLS_CARRIED))})", "calls carried", "A"),
+                target(f"sum({rate(sel(n.METRIC_REPLAYED_ITEMS))})", "items replayed", "B"),
+                target(
+                    "histogram_quantile(0.99, sum by (le) "
+                    f"({rate(sel(n.METRIC_DISCONNECTED + '_bucket'))}))",
+                    "p99 time without a connection",
+                    "C",
+                ),
+            ],
+            (12, 46, 12, 8),
+        ),
     ]
+    out += slo_panels(slo, y=54)
+    # Panels that plot seconds on a right axis beside their counts.
+    for index, series in ((8, "oldest age"), (15, "p99 time without a connection")):
+        out[index]["fieldConfig"]["overrides"] = [
+            {
+                "matcher": {"id": "byName", "options": series},
+                "properties": [
+                    {"id": "unit", "value": "s"},
+                    {"id": "custom.axisPlacement", "value": "right"},
+                ],
+            }
+        ]
     for number, item in enumerate(out, start=1):
         item["id"] = number
     return out

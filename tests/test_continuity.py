@@ -98,6 +98,31 @@ def assert_carried(run: Run, runs: int) -> None:
     assert set(RUNS.values()) == {1}, RUNS
     assert run.of_type(CallIncomplete) == []
     assert run.sample("rtguard_swallowed_errors_total", place="dispatch") == 0
+    assert_reported(run)
+
+
+def assert_reported(run: Run) -> None:
+    """Each resume in the metrics, and on every carried call's span."""
+    resumed = run.of_type(SessionResumed)
+    for reason in {e.reason for e in resumed}:
+        count = sum(e.reason is reason for e in resumed)
+        assert run.sample("rtguard_reconnects_total", reason=reason, outcome="resumed") == count
+    assert run.sample("rtguard_calls_carried_total") == sum(len(e.carried) for e in resumed)
+    assert run.sample("rtguard_replayed_items_total") == sum(e.replayed for e in resumed)
+    assert run.sample("rtguard_disconnected_seconds_count") == len(resumed)
+    assert run.sample("rtguard_disconnected_seconds_sum") == pytest.approx(
+        sum(e.gap for e in resumed)
+    )
+    spans = {
+        (s.attributes or {}).get("gen_ai.tool.call.id"): s for s in run.spans_named("execute_tool")
+    }
+    for event in resumed:
+        for call_id in event.carried:
+            carried = [e for e in spans[call_id].events if e.name == "rtguard.call.carried"]
+            assert any(
+                (e.attributes or {}).get("rtguard.reconnect.reason") == event.reason.value
+                for e in carried
+            ), call_id
 
 
 async def carried_run(scenario: Scenario, **kwargs: Any) -> Run:
@@ -217,6 +242,15 @@ async def test_a_normal_close_by_the_server_is_not_a_loss() -> None:
     assert end.reason == "server_closed"
     assert run.sim.connections == 1
     assert run.sample("rtguard_calls_without_output_total", reason="connection_lost") == 0
+    assert run.sample("rtguard_sessions_closed_total", reason="server_closed") == 1
+    assert (
+        sum(
+            run.sample("rtguard_reconnects_total", reason=r, outcome=o)
+            for r in ("connection_lost", "going_away", "session_expired", "rollover")
+            for o in ("resumed", "failed")
+        )
+        == 0
+    )
 
 
 async def session_against(
@@ -260,6 +294,11 @@ async def test_a_key_refused_on_reconnect_is_not_retried() -> None:
         "rtguard_calls_without_output_total", {"reason": "reconnect_failed"}
     )
     assert sample == 1
+    # The new connection opened, then the server refused it: not retried, the session ended.
+    opened = {"reason": "connection_lost", "outcome": "resumed"}
+    assert registry.get_sample_value("rtguard_reconnects_total", opened) == 1
+    closed = {"reason": "reconnect_failed"}
+    assert registry.get_sample_value("rtguard_sessions_closed_total", closed) == 1
 
 
 async def test_reconnecting_gives_up_when_the_attempts_are_spent() -> None:
@@ -276,7 +315,7 @@ async def test_reconnecting_gives_up_when_the_attempts_are_spent() -> None:
             return await WebSocketTransport.connect(next(urls, dead), {})
 
         policy = ReconnectPolicy(max_attempts=3, initial_backoff=0.02, max_backoff=0.05)
-        events, _ = await session_against(sim, connector, SessionConfig(reconnect=policy))
+        events, registry = await session_against(sim, connector, SessionConfig(reconnect=policy))
         assert_conforms(sim)
     attempts = [e.attempt for e in events if isinstance(e, Reconnecting)]
     assert attempts == [1, 2, 3]
@@ -286,6 +325,8 @@ async def test_reconnecting_gives_up_when_the_attempts_are_spent() -> None:
     assert isinstance(end, SessionClosed)
     assert end.reason == "reconnect_failed"
     assert RUNS["slow 0"] == 1
+    failed = {"reason": "connection_lost", "outcome": "failed"}
+    assert registry.get_sample_value("rtguard_reconnects_total", failed) == 1
 
 
 # --- the conversation a new connection gets -------------------------------------------------

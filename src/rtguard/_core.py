@@ -897,6 +897,8 @@ class SessionCore:
         self._waiting.clear()
         for call in self.ledger:
             assert incomplete is not None
+            if error is not None:  # what ended the connection ended the call too
+                call.last_send_error = error
             self._settle(call, CallState.INCOMPLETE, incomplete, now)
         self.state = CoreState.CLOSED
         self.connected_now = False

@@ -149,7 +149,9 @@ class OutputAcknowledged:
 
 @dataclass(frozen=True, slots=True)
 class CallIncomplete:
-    """The call ended without an output the model can see."""
+    """The call ended without an output the model can see. ``last_error`` is what ended it:
+    the last failed send or refusal, or the connection's end (None for ``session_closed``
+    and ``unacknowledged``)."""
 
     call_id: str
     tool_name: str

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .._ledger import IncompleteReason, Outcome
+from .._reconnect import Loss
 from .._version import __version__
 from . import _names as n
 
@@ -100,6 +101,35 @@ class RtguardMetrics:
             "fell more than max_queued_events behind.",
             registry=registry,
         )
+        self.sessions_closed = Counter(
+            n.METRIC_SESSIONS_CLOSED,
+            "Sessions that ended, by reason (closed by the app, server_closed, "
+            "connection_lost with reconnecting off, reconnect_failed).",
+            ["reason"],
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            n.METRIC_RECONNECTS,
+            "Connections replaced, by why the old one ended and whether a new one opened.",
+            ["reason", "outcome"],
+            registry=registry,
+        )
+        self.calls_carried = Counter(
+            n.METRIC_CALLS_CARRIED,
+            "Open calls carried to a new connection (their function_call recreated there).",
+            registry=registry,
+        )
+        self.replayed_items = Counter(
+            n.METRIC_REPLAYED_ITEMS,
+            "Conversation items recreated on a new connection.",
+            registry=registry,
+        )
+        self.disconnected = Histogram(
+            n.METRIC_DISCONNECTED,
+            "Time without a connection, from a connection's end until the next one opened.",
+            buckets=n.DISCONNECTED_BUCKETS,
+            registry=registry,
+        )
         self.active_sessions = Gauge(
             n.METRIC_ACTIVE_SESSIONS,
             "Realtime sessions currently connected.",
@@ -146,6 +176,12 @@ class RtguardMetrics:
             self.output_sends.labels(result=result)
         for result in ("completed", "failed"):
             self.handoffs.labels(result=result)
+        for closed in n.SESSION_CLOSE_REASONS:
+            self.sessions_closed.labels(reason=closed)
+        for loss in Loss:
+            if loss.retryable:
+                for outcome in n.RECONNECT_OUTCOMES:
+                    self.reconnects.labels(reason=loss.value, outcome=outcome)
 
     def export_tools(self, tool_names: Iterable[str]) -> None:
         """Create the per-tool series (at 0) before the first call of each tool."""

@@ -43,6 +43,7 @@ from .._events import (
     Reconnecting,
     SessionClosed,
     SessionEvent,
+    SessionResumed,
     SessionStarted,
     ToolCallReceived,
     ToolFailed,
@@ -52,10 +53,11 @@ from .._events import (
 )
 from .._ledger import IncompleteReason, Outcome
 from .._protocol import ResponseCreated, ResponseDone, ServerError, SessionInfo
+from .._reconnect import Loss
 from .._version import __version__
 from . import _names as n
 from ._metrics import RtguardMetrics
-from ._spans import error_type_of, exemplar, fail, finish_generation, record_exception
+from ._spans import error_type_of, exemplar, fail, finish_generation
 
 if TYPE_CHECKING:
     from .._agent import Agent
@@ -77,13 +79,6 @@ _SEND_FAILURES = frozenset(
 # Reasons that end the call with the session (its turn's end reason is then session_closed);
 # of these, the ones whose error arrives with the session's end, not with the call.
 _SESSION_ENDS = frozenset(IncompleteReason) - _SEND_FAILURES - {IncompleteReason.UNACKNOWLEDGED}
-_ENDED_WITH_THE_CONNECTION = frozenset(
-    {
-        IncompleteReason.CONNECTION_LOST,
-        IncompleteReason.RECONNECT_FAILED,
-        IncompleteReason.SERVER_CLOSED,
-    }
-)
 _OPEN_GENERATIONS = 64  # response.done never came for older ones: they are ended
 _MAX_TOOL_NAME_CHARS = 64
 _REFRESH_SECONDS = 1.0
@@ -202,8 +197,7 @@ class SessionTelemetry:
         self._turns: list[_Turn] = []  # open turns, oldest first
         self._response_turns: dict[str, _Turn] = {}  # response id -> its open turn
         self._generations: OrderedDict[str, _Generation] = OrderedDict()
-        # Calls the lost connection cut off: ended with the connection's error once known.
-        self._cut_off: list[tuple[_CallTrace, int]] = []
+        self._outage: Loss | None = None  # why the connection ended, until the next opens
         self._cache = _Cache()
         self._refresher: asyncio.Task[None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -226,6 +220,7 @@ class SessionTelemetry:
             ErrorSwallowed: self._error_swallowed,
             EventsDropped: self._events_dropped,
             Reconnecting: self._reconnecting,
+            SessionResumed: self._session_resumed,
             SessionClosed: self._session_closed,
         }
 
@@ -265,11 +260,9 @@ class SessionTelemetry:
             if self._refresher is not None:
                 self._refresher.cancel()
             self._metrics.refresh()
-        for call, settled_at in self._cut_off:
-            if event.error is not None:
-                record_exception(call.span, event.error, at=settled_at)
-            call.span.end(settled_at)
-        self._cut_off.clear()
+            self._metrics.sessions_closed.labels(event.reason).inc()
+            if self._outage is not None:  # it ended while a connection was being replaced
+                self._metrics.reconnects.labels(self._outage.value, "failed").inc()
         for response_id in list(self._generations):
             self._end_generation(response_id, None, time.time_ns())
         for turn in list(self._turns):
@@ -286,6 +279,7 @@ class SessionTelemetry:
         ``response.done`` will never come. Open calls stay open: they are carried."""
         if event.attempt != 1:
             return  # a further attempt: the connection ended only once
+        self._outage = event.reason
         for response_id in list(self._generations):
             generation = self._generations[response_id]
             fail(generation.span, event.reason.value, None)
@@ -299,6 +293,24 @@ class SessionTelemetry:
                     n.ERROR_TYPE: event.reason.value,
                 },
             )
+
+    def _session_resumed(self, event: SessionResumed) -> None:
+        """A new connection carries the conversation on: each carried call says so on its
+        span (its output follows on the new connection)."""
+        self._outage = None
+        attributes = {
+            n.RTGUARD_RECONNECT_REASON: event.reason.value,
+            n.RTGUARD_RECONNECT_ATTEMPTS: event.attempts,
+        }
+        for call_id in event.carried:
+            call = self._calls.get(call_id)
+            if call is not None:
+                call.span.add_event(n.SPAN_EVENT_CARRIED, attributes)
+        if self._metrics:
+            self._metrics.reconnects.labels(event.reason.value, "resumed").inc()
+            self._metrics.calls_carried.inc(len(event.carried))
+            self._metrics.replayed_items.inc(event.replayed)
+            self._metrics.disconnected.observe(event.gap)
 
     def _emit_event(self, name: str, attributes: dict[str, Any]) -> None:
         """A realtime-session lifecycle event (the draft models the session as events, not a
@@ -563,26 +575,18 @@ class SessionTelemetry:
         self._end_attempt(call, now)
         span = call.span
         delivered = isinstance(event, OutputAcknowledged)
-        cut_off = False
         if isinstance(event, CallIncomplete):
             span.set_attribute(n.RTGUARD_INCOMPLETE_REASON, event.reason.value)
-            # Cut off by the lost connection with no error of its own: its exception is the
-            # connection's, which the session's end event carries.
-            cut_off = event.reason in _ENDED_WITH_THE_CONNECTION and event.last_error is None
             call.turn.session_ended |= event.reason in _SESSION_ENDS
             if call.error_type is None:
-                error = None if cut_off else event.last_error
-                _fail_call(call, _incomplete_error_type(event.reason), error)
+                _fail_call(call, _incomplete_error_type(event.reason), event.last_error, at=now)
         span.set_attribute(n.RTGUARD_DELIVERED, delivered)
         span.set_attribute(n.RTGUARD_SEND_ATTEMPTS, call.attempts)
         outcome = call.outcome.value if call.outcome is not None else n.OUTCOME_CANCELLED
         span.set_attribute(n.RTGUARD_OUTCOME, outcome)
         if self._metrics:
             self._observe_settled(call, event)
-        if cut_off:
-            self._cut_off.append((call, now))
-        else:
-            span.end(now)
+        span.end(now)
         self._turn_call_ended(call, now)
 
     def _observe_settled(
@@ -659,10 +663,12 @@ class SessionTelemetry:
         return f"{operation} {model}" if isinstance(model, str) else operation
 
 
-def _fail_call(call: _CallTrace, error_type: str, error: BaseException | None) -> None:
+def _fail_call(
+    call: _CallTrace, error_type: str, error: BaseException | None, *, at: int | None = None
+) -> None:
     """Mark the call's execute_tool span failed; the same error.type labels its duration."""
     call.error_type = error_type
-    fail(call.span, error_type, error)
+    fail(call.span, error_type, error, at=at)
 
 
 def _end_reason(turn: _Turn) -> str:
