@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 
 import pytest
 
+from otlp_receiver import OtlpReceiver
 from rtguard import Agent, OutputAcknowledged, RealtimeSession
 
 RTGUARD = [sys.executable, "-m", "rtguard.cli"]
@@ -232,3 +234,38 @@ def test_simulate_help_gives_the_url_and_the_default_behaviour() -> None:
     text = " ".join(_help("simulate").split())
     assert "ws://HOST:PORT/v1/realtime" in text
     assert "Without --scenario it issues the demo's mix" in text
+
+
+def _demo_exporting_to(endpoint: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+    command = [*RTGUARD, "demo", "--calls", "20", "--rate", "0", "--metrics-port", "0", "--otlp"]
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    return result, time.monotonic() - started
+
+
+def test_the_demo_says_its_spans_were_exported() -> None:
+    with OtlpReceiver() as receiver:
+        result, _ = _demo_exporting_to(receiver.endpoint)
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("span export")]
+    assert re.search(r"\d+ spans and events exported$", row), row
+    assert receiver.spans
+
+
+def test_the_demo_says_export_failed_and_exits_promptly_when_the_endpoint_is_down() -> None:
+    """The exporter retries a dead endpoint for seconds; the demo bounds its shutdown (2 s)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    result, elapsed = _demo_exporting_to(dead)
+    assert result.returncode == 0, result.stderr  # every call got its output all the same
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("span export")]
+    assert "export failed:" in row
+    assert "Traceback" not in result.stderr
+    assert elapsed < 20  # not the exporter's own retries of a dead endpoint

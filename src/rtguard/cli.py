@@ -93,6 +93,9 @@ class _Mistake(Exception):
     """A usage mistake found after parsing (conflicting options, a port in use)."""
 
 
+_EXPORT_SHUTDOWN_SECONDS = 2.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -213,8 +216,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
 def _demo(args: argparse.Namespace, scenario: Scenario) -> int:
     if not scenario.calls:
         raise _Mistake(f"{args.scenario}: calls: the demo needs at least one call")
-    if args.otlp:
-        configure(service_name="rtguard-demo")
+    export = configure(service_name="rtguard-demo") if args.otlp else None
     if args.metrics_port:
         try:
             start_metrics_server(args.metrics_port, args.metrics_addr)
@@ -227,7 +229,9 @@ def _demo(args: argparse.Namespace, scenario: Scenario) -> int:
     if report.interrupted:
         issued = f"{report.issued} of {len(scenario.calls)} calls were issued"
         print(f"interrupted: {issued}", file=sys.stderr)
-    print(report.summary())
+    # Bounded: with the endpoint down the exporter would otherwise retry for seconds.
+    exported = export.shutdown(timeout=_EXPORT_SHUTDOWN_SECONDS) if export else None
+    print(report.summary(exported))
     return report.exit_status
 
 

@@ -34,7 +34,7 @@ from ._ledger import Outcome
 from ._session import RealtimeSession
 from ._tools import function_tool
 from .simulator import CallSpec, Faults, Scenario, Simulator
-from .telemetry import Telemetry
+from .telemetry import ExportReport, Telemetry
 
 __all__ = [
     "DemoReport",
@@ -189,7 +189,9 @@ class DemoReport:
     def exit_status(self) -> int:
         return 1 if self.tally.incomplete else 0
 
-    def summary(self) -> str:
+    def summary(self, exported: ExportReport | None = None) -> str:
+        """The result table; ``exported`` says what reached the OTLP endpoint, if spans
+        were exported."""
         tally = self.tally
         rows = [(f"delivered: {name}", str(n)) for name, n in sorted(tally.outcomes.items())]
         rows += [(f"incomplete: {name}", str(n)) for name, n in sorted(tally.incomplete.items())]
@@ -203,6 +205,8 @@ class DemoReport:
         rows.append(("wall time", f"{self.elapsed:.2f} s"))
         invariant = f"{len(self.violations)} violations" if self.violations else "holds"
         rows.append(("simulator invariant", invariant))
+        if exported is not None:
+            rows.append(("span export", str(exported)))
         width = max(len(name) for name, _ in rows)
         lines = [f"{'rtguard demo':<{width}}  result", f"{'-' * width}  ------"]
         return "\n".join(lines + [f"{name:<{width}}  {value}" for name, value in rows])
