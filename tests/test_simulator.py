@@ -11,11 +11,13 @@ test, both ways; tests that send invalid client frames on purpose check only the
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import pathlib
 import re
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -344,6 +346,39 @@ async def test_the_reply_is_audio_when_the_session_asks_for_audio() -> None:
     ]
     (item,) = done["response"]["output"]
     assert item["content"] == [{"type": "output_audio", "transcript": "All done. Anything else?"}]
+
+
+async def test_a_spoken_answer_streams_stamped_20ms_chunks_at_real_time_pace() -> None:
+    speaking = Scenario(speak_seconds=0.4, stamp_audio=True)
+    async with conforming(speaking) as sim, client(sim.url) as peer:
+        await peer.send("response.create")
+        start = len(peer.events)
+        done = await peer.until("response.done")
+        await peer.send("response.create")
+        await peer.until("response.output_audio.delta", after=done)
+        await peer.send("response.cancel")
+        cancelled = await peer.until("response.done")
+    events = peer.events[start:]
+    chunks = [
+        base64.b64decode(e["delta"])
+        for e in events[: events.index(done)]
+        if e["type"] == "response.output_audio.delta"
+    ]
+    assert len(chunks) == 20
+    assert {len(chunk) for chunk in chunks} == {960}  # 20 ms of pcm16 at 24 kHz
+    stamps = [struct.unpack_from("<d", chunk)[0] for chunk in chunks]
+    for k, stamp in enumerate(stamps):  # never ahead of the real-time schedule
+        assert stamp - stamps[0] >= k * 0.02 - 0.002
+    spoken = [e for e in events if e["type"] == "response.output_audio.delta"]
+    assert 20 < len(spoken) < 40  # the cancel stopped the second answer
+    assert sum(sim.audio_late_ms.values()) == len(spoken)  # every chunk's lateness is counted
+    words = [e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta"]
+    (item,) = done["response"]["output"]
+    assert item["status"] == "completed"
+    assert item["content"] == [{"type": "output_audio", "transcript": "".join(words[:2])}]
+    (cut,) = cancelled["response"]["output"]
+    assert cut["status"] == "incomplete"
+    assert cancelled["response"]["status"] == "cancelled"
 
 
 async def test_response_create_while_a_response_is_active_is_refused() -> None:

@@ -131,6 +131,13 @@ class Scenario:
     The scripted model speaks first, as soon as the client's first ``session.update`` has been
     accepted. ``stream_delay`` is the pause in seconds before each streamed delta of a
     response: with it, a response stays in progress long enough to be cancelled.
+
+    ``speak_seconds`` makes each spoken answer (the reply to ``response.create`` when the
+    session's output is audio) last that long, streamed at real-time pace as a voice app gets
+    it: a 20 ms chunk of PCM16 at 24 kHz (960 bytes) every 20 ms, the transcript a word at a
+    time alongside (0: a short answer sent at once). ``stamp_audio`` writes the time each
+    chunk is sent (``time.monotonic()``, a little-endian double) into its first 8 bytes, so a
+    client can measure how late it saw each one.
     """
 
     calls: tuple[CallSpec, ...] = ()
@@ -138,6 +145,8 @@ class Scenario:
     calls_per_response: int = 1
     max_in_flight: int = 32
     stream_delay: float = 0.0
+    speak_seconds: float = 0.0
+    stamp_audio: bool = False
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -151,6 +160,7 @@ class Scenario:
         )
         _require(self.max_in_flight >= 1, "max_in_flight", "at least 1", self.max_in_flight)
         _require(self.stream_delay >= 0, "stream_delay", "0 or more seconds", self.stream_delay)
+        _require(self.speak_seconds >= 0, "speak_seconds", "0 or more seconds", self.speak_seconds)
 
     @classmethod
     def from_dict(cls, data: object) -> Scenario:

@@ -18,7 +18,9 @@ import contextlib
 import itertools
 import json
 import re
+import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +45,13 @@ MALFORMED_FRAME = "{this is not json"
 
 _REPLY = "All done. Anything else?"  # what the model says when asked to respond
 _SILENCE = base64.b64encode(bytes(480)).decode("ascii")  # 10 ms of pcm16, one audio delta
+# Spoken answers at real-time pace: 20 ms of pcm16 at 24 kHz per chunk, a transcript word
+# every 15 chunks (300 ms, about the pace of speech), the words taken in turn from _SPOKEN.
+_CHUNK_SECONDS = 0.02
+_CHUNK_BYTES = 960
+_CHUNKS_PER_WORD = 15
+_SPOKEN = re.findall(r"\S+\s*", "Let me check that for you. Here is what I found. " + _REPLY + " ")
+_STAMP = struct.Struct("<d")
 _ARGUMENT_CHUNK = 16  # characters of arguments per function_call_arguments.delta
 _MIN_COMMIT_MS = 100
 _RATE_LIMIT_TOKENS = 15_000_000
@@ -136,6 +145,9 @@ class Simulator:
         self.frames_sent: list[str] = []
         self.frames_received: list[str] = []
         self.next_call = 0  # the script's position: the first call not issued yet
+        # Spoken answers (``speak_seconds``): how many 20 ms chunks went out how many whole
+        # milliseconds behind their real-time schedule; a simulator short of CPU falls behind.
+        self.audio_late_ms: Counter[int] = Counter()
         self._script = asyncio.Lock()  # one connection at a time takes the script's next calls
         self._session_updates_seen = 0
         self._fired: set[tuple[str, int]] = set()
@@ -624,7 +636,8 @@ class _Connection:
 
     async def stream_reply(self, response: _Response) -> None:
         """The assistant's answer to ``response.create``: text, or audio with its transcript
-        when the session's ``output_modalities`` ask for audio."""
+        when the session's ``output_modalities`` ask for audio (at real-time pace with
+        ``speak_seconds``)."""
         audio = "audio" in (self.session.get("output_modalities") or ())
         key, part_type = ("transcript", "audio") if audio else ("text", "text")
         item = {
@@ -638,19 +651,10 @@ class _Connection:
         part = {**placed.where, "item_id": item["id"], "content_index": 0}
         added = {"type": part_type, key: ""}
         await self.send({"type": "response.content_part.added", **part, "part": added})
-        said = ""
-        for word in re.findall(r"\S+\s*", _REPLY):
-            if not await self.pace(response):
-                break
-            if audio:
-                kind = "response.output_audio_transcript.delta"
-                await self.send({"type": kind, **part, "delta": word})
-                await self.send({"type": "response.output_audio.delta", **part, "delta": _SILENCE})
-            else:
-                # A live capture shows text deltas padded with an ``obfuscation`` field.
-                kind = "response.output_text.delta"
-                await self.send({"type": kind, **part, "delta": word, "obfuscation": "rtguardsim"})
-            said += word
+        if audio and self.scenario.speak_seconds:
+            said, complete = await self.speak(response, part)
+        else:
+            said, complete = await self.say(response, part, audio)
         if audio:
             await self.send({"type": "response.output_audio.done", **part})
             await self.send(
@@ -661,9 +665,53 @@ class _Connection:
         final_part = {"type": part_type, key: said}
         await self.send({"type": "response.content_part.done", **part, "part": final_part})
         content = {"type": "output_audio" if audio else "output_text", key: said}
-        status = "completed" if said == _REPLY else "incomplete"
-        done = {**item, "status": status, "content": [content]}
+        done = {**item, "status": "completed" if complete else "incomplete", "content": [content]}
         await self.finish_output_item(response, placed, done)
+
+    async def say(self, response: _Response, part: dict[str, Any], audio: bool) -> tuple[str, bool]:
+        """The short answer, a word per delta (``stream_delay`` apart); returns what was said
+        and whether to the end (a cancel stops it at the next delta)."""
+        said = ""
+        for word in re.findall(r"\S+\s*", _REPLY):
+            if not await self.pace(response):
+                return said, False
+            if audio:
+                kind = "response.output_audio_transcript.delta"
+                await self.send({"type": kind, **part, "delta": word})
+                await self.send({"type": "response.output_audio.delta", **part, "delta": _SILENCE})
+            else:
+                # A live capture shows text deltas padded with an ``obfuscation`` field.
+                kind = "response.output_text.delta"
+                await self.send({"type": kind, **part, "delta": word, "obfuscation": "rtguardsim"})
+            said += word
+        return said, True
+
+    async def speak(self, response: _Response, part: dict[str, Any]) -> tuple[str, bool]:
+        """``speak_seconds`` of audio at real-time pace, a chunk every 20 ms on a fixed
+        schedule, with its transcript; returns what was said and whether to the end (a cancel
+        stops it at the next chunk)."""
+        sim, stamp = self.sim, self.scenario.stamp_audio
+        loop = asyncio.get_running_loop()
+        pcm = bytearray(_CHUNK_BYTES)
+        delta = base64.b64encode(pcm).decode("ascii")
+        said, start = "", loop.time()
+        for k in range(max(1, round(self.scenario.speak_seconds / _CHUNK_SECONDS))):
+            due = start + k * _CHUNK_SECONDS
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            if response.cancelled:
+                return said, False
+            sim.audio_late_ms[int(max(0.0, loop.time() - due) * 1000)] += 1
+            if k % _CHUNKS_PER_WORD == 0:
+                word = _SPOKEN[k // _CHUNKS_PER_WORD % len(_SPOKEN)]
+                kind = "response.output_audio_transcript.delta"
+                await self.send({"type": kind, **part, "delta": word})
+                said += word
+            if stamp:
+                _STAMP.pack_into(pcm, 0, time.monotonic())
+                delta = base64.b64encode(pcm).decode("ascii")
+            await self.send({"type": "response.output_audio.delta", **part, "delta": delta})
+        return said, True
 
     # --- what the client sends ----------------------------------------------------------
 
