@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -234,9 +235,15 @@ async def test_rollover_moves_on_before_the_server_cuts_the_session() -> None:
 # --- the ends that are not retried ----------------------------------------------------------
 
 
-async def test_a_normal_close_by_the_server_is_not_a_loss() -> None:
+async def test_a_normal_close_by_the_server_is_not_a_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not reconnected, and not a warning: 400 sessions ending normally once logged 400."""
     scenario = Scenario(calls=calls("quick", "quick"), faults=Faults(end_after=0))
-    run = await carried_run(scenario, done=closed)
+    with caplog.at_level(logging.INFO, logger="rtguard"):
+        run = await carried_run(scenario, done=closed)
+    ended = [r for r in caplog.records if "realtime connection ended" in r.getMessage()]
+    assert [r.levelno for r in ended] == [logging.INFO]
     assert run.of_type(Reconnecting) == []
     (end,) = run.of_type(SessionClosed)
     assert end.reason == "server_closed"
