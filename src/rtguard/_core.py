@@ -241,7 +241,7 @@ class SessionCore:
         self.agent = agent
         self.config = config
         self.state = CoreState.IDLE
-        self.connected_now = False  # a connection is up: frames may be handed out
+        self._has_connection = False  # a connection is up: frames may be handed out
         self.session_id: str | None = None
         self._random = random
         self._turns = Turns()
@@ -289,7 +289,7 @@ class SessionCore:
     def next_frame(self) -> Frame | None:
         """The next frame to write (None while there is no connection); output attempts that
         went stale in the queue are skipped."""
-        while self.connected_now and self._frames:
+        while self._has_connection and self._frames:
             frame = self._frames.popleft()
             call = frame.call
             if call is None or (call.in_flight and call.event_id == frame.event_id):
@@ -308,20 +308,20 @@ class SessionCore:
 
     @property
     def has_frames(self) -> bool:
-        return self.connected_now and bool(self._frames)
+        return self._has_connection and bool(self._frames)
 
     # --- inputs: the connection -------------------------------------------------------------
 
     def connected(self, now: float) -> None:
         """A connection is open (the first one, or one after a loss): queue everything the
         conversation needs on it, in order, before the app's held frames."""
-        if self.state is CoreState.CLOSED or self.connected_now:
+        if self.state is CoreState.CLOSED or self._has_connection:
             return
         if self.state is CoreState.IDLE:
             self.state = CoreState.OPEN
             self._emit(SessionStarted(self.agent.name))
         held, self._frames = self._frames, deque()
-        self.connected_now = True
+        self._has_connection = True
         self._server_error_code = None
         self._user_turn = False
         self._arm_rollover(now)
@@ -356,7 +356,7 @@ class SessionCore:
             self._retry_connection(now)
 
     def receive_frame(self, frame: str | bytes, now: float) -> None:
-        if self.state is CoreState.CLOSED or not self.connected_now:
+        if self.state is CoreState.CLOSED or not self._has_connection:
             return
         try:
             event = protocol.parse_server_event(frame)
@@ -394,7 +394,7 @@ class SessionCore:
         call = frame.call
         current = call is not None and self._current_attempt(call, frame.event_id)
         if not connection_open:
-            if not self.connected_now:
+            if not self._has_connection:
                 return  # the loss was already taken in (the reader saw it first)
             lost = error if isinstance(error, ConnectionLostError) else _lost(error)
             reason = classify(lost, self._server_error_code)
@@ -429,7 +429,7 @@ class SessionCore:
 
     def connection_lost(self, error: ConnectionLostError, now: float) -> None:
         """The connection ended (the reader saw it close or break)."""
-        if self.state is CoreState.CLOSED or not self.connected_now:
+        if self.state is CoreState.CLOSED or not self._has_connection:
             return
         self._lose_connection(classify(error, self._server_error_code), error, now)
 
@@ -508,7 +508,7 @@ class SessionCore:
         Without a connection there is no response to cancel; the one the loss cut short is
         then not asked for again (None: nothing to send).
         """
-        if self.state is CoreState.OPEN and not self.connected_now:
+        if self.state is CoreState.OPEN and not self._has_connection:
             self._turns.wanted = False
             return None
         return self._send_app_event(protocol.build_response_cancel)
@@ -726,7 +726,7 @@ class SessionCore:
         """Queue the call's cached output for (another) attempt; without a connection it
         waits in OUTPUT_READY for the next one."""
         assert call.output is not None
-        if not self.connected_now:
+        if not self._has_connection:
             return
         call.send_attempts += 1
         if call.event_id is not None:
@@ -813,7 +813,7 @@ class SessionCore:
     def _send_session_update(self, agent: Agent, call: Call | None, now: float) -> None:
         """Queue ``agent``'s ``session.update`` (for the handoff ``call``, which waits
         ``ack_timeout`` for its confirmation); without a connection, the next one sends it."""
-        if not self.connected_now:
+        if not self._has_connection:
             return
         event_id = next(self._event_ids)
         event = protocol.build_session_update(
@@ -859,7 +859,7 @@ class SessionCore:
         if self.state is CoreState.CLOSED:
             return
         turns = self._turns
-        if self.connected_now and _CREATE_BACKOFF not in self._deadlines and turns.take():
+        if self._has_connection and _CREATE_BACKOFF not in self._deadlines and turns.take():
             self._response_create_id = self._queue(protocol.build_response_create)
         response = _Response(turns.epoch) if turns.responding else None
         if response != self._response_deadline:
@@ -901,7 +901,7 @@ class SessionCore:
                 call.last_send_error = error
             self._settle(call, CallState.INCOMPLETE, incomplete, now)
         self.state = CoreState.CLOSED
-        self.connected_now = False
+        self._has_connection = False
         self._frames.clear()
         self._jobs.clear()
         self._link_actions.clear()
@@ -916,7 +916,7 @@ class SessionCore:
     def _lose_connection(self, reason: Loss, error: ConnectionLostError | None, now: float) -> None:
         """Stop using the connection; carry the conversation to a new one, or end the session
         if this loss is final."""
-        self.connected_now = False
+        self._has_connection = False
         self._link_actions.append(Disconnect())
         if not self._reconnects(reason):
             level = logging.INFO if reason is Loss.SERVER_CLOSED else logging.WARNING
@@ -981,7 +981,7 @@ class SessionCore:
         turns = self._turns
         return (
             self.state is CoreState.OPEN
-            and self.connected_now
+            and self._has_connection
             and not (turns.responding or turns.wanted or self._user_turn)
             and self.ledger.open_count == 0
         )
@@ -1018,7 +1018,7 @@ class SessionCore:
         if self.state is not CoreState.OPEN:
             raise SessionClosedError("the session is closed")
         policy = self.config.reconnect
-        if not self.connected_now and policy and len(self._frames) >= policy.max_held_frames:
+        if not self._has_connection and policy and len(self._frames) >= policy.max_held_frames:
             raise ConnectionLostError(
                 f"reconnecting: {len(self._frames)} frames already wait for the connection"
             )
