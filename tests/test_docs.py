@@ -16,9 +16,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import griffe
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 import rtguard
 import rtguard.simulator
@@ -211,6 +213,41 @@ def test_the_reference_documents_every_public_name_once() -> None:
         if line.startswith("::: ")
     ]
     assert sorted(directives) == sorted(public_names())
+
+
+def test_the_public_api_has_docstrings() -> None:
+    """What the reference shows: every public name, and each public method and property of
+    the public classes, says what it is."""
+    package = griffe.load("rtguard", search_paths=[str(ROOT / "src")])
+    missing = []
+    for path in sorted(public_names()):
+        obj = package[path.removeprefix("rtguard.")]
+        if not obj.docstring:
+            missing.append(path)
+        if not obj.is_class:
+            continue
+        for name, member in obj.members.items():
+            callable_member = member.is_function or "property" in member.labels
+            if not name.startswith("_") and callable_member and not member.docstring:
+                missing.append(f"{path}.{name}")
+    assert missing == []
+
+
+def test_each_metrics_attribute_names_its_metric() -> None:
+    """The reference's RtguardMetrics attributes say which metric each one is."""
+    package = griffe.load("rtguard", search_paths=[str(ROOT / "src")])
+    documented = package["telemetry.RtguardMetrics"].members
+    metrics = RtguardMetrics(CollectorRegistry())
+    instruments = {
+        name: value for name, value in vars(metrics).items() if isinstance(value, MetricWrapperBase)
+    }
+    assert len(instruments) >= 15
+    for name, instrument in instruments.items():
+        docstring = documented[name].docstring
+        assert docstring is not None, name
+        (family,) = instrument.describe()
+        written = docstring.value.split("``")[1]
+        assert written.removesuffix("_total") == family.name, name
 
 
 def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:

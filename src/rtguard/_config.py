@@ -21,29 +21,64 @@ OnToolError = Literal["continue", "raise", "close"]
 class SessionConfig:
     """How a session behaves; every field has a production default.
 
-    ``on_tool_error``: "continue" reports a failed call as a :class:`ToolFailed` event;
-    "raise" raises the original exception from the event iterator once the call is settled;
-    "close" does the same, then closes the session.
-    ``async_tool_calls=False`` runs one call at a time, in the order the model issued them,
-    while the connection keeps being read.
-    ``reconnect``: how a lost connection is replaced and open calls carried to the new one
-    (None: a lost connection ends the session, its open calls ``connection_lost``).
+    Pass it as ``RealtimeSession(..., config=SessionConfig(...))``. It is frozen: use
+    ``dataclasses.replace`` to derive another one.
+
+    Raises:
+        ConfigurationError: an unknown ``on_tool_error``, a timeout that is not a positive
+            number of seconds, or ``max_argument_bytes``, ``max_output_bytes`` or
+            ``max_queued_events`` below 1.
     """
 
     async_tool_calls: bool = True
+    """``False`` runs one call at a time, in the order the model issued them; the connection
+    keeps being read meanwhile (acknowledgements, errors, audio)."""
     on_tool_error: OnToolError = "continue"
+    """``"continue"``: failures are [`ToolFailed`][rtguard.ToolFailed] events. ``"raise"``:
+    the original exception is raised from the event iterator once the call is settled
+    (iterate again to continue). ``"close"``: the same, then the session closes."""
     failure_output: FailureOutput = default_failure_output
+    """The model-visible text of every failure kind (also per tool:
+    ``function_tool(failure_output=...)``). The default names the tool, the exception type
+    and message, never a traceback, and redacts what looks like API keys and bearer tokens.
+    If yours raises or returns something that is
+    not a string, the default is used and an [`ErrorSwallowed`][rtguard.ErrorSwallowed]
+    says so."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """Resending a cached output after a transport error or a server ``error`` of type
+    ``server_error``."""
     reconnect: ReconnectPolicy | None = field(default_factory=ReconnectPolicy)
+    """Replacing a lost connection and carrying the conversation and open calls over;
+    ``None``: a lost connection ends the session, its open calls ``connection_lost``."""
     close_timeout: float = 5.0
+    """Seconds ``close()`` gives open calls to be answered."""
     ack_timeout: float = 10.0
+    """Seconds to wait for the server to confirm a sent output (then the call is
+    ``unacknowledged``; it is not resent: if only the confirmation was lost, a resend would
+    give the model two outputs), or a handoff's ``session.update`` (then the handoff
+    fails)."""
     response_timeout: float = 60.0
+    """Seconds to wait for a response's ``response.done``; then rtguard goes on as if it
+    came (a ``ProtocolErrorEvent("response_timeout")``), so a lost event cannot block
+    ``response.create`` for good."""
     max_argument_bytes: int = 1_000_000
+    """Larger arguments get an ``invalid_arguments`` output (the call is answered, not
+    dropped)."""
     max_output_bytes: int = 1_000_000
+    """A larger result becomes a failure output (``ToolResultError``) for that call alone."""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """The WebSocket's maximum message size (16 MiB); a larger frame closes the
+    connection."""
     max_queued_events: int = 4096
+    """Events waiting for the app; past it, plain server events are dropped and one
+    [`EventsDropped`][rtguard.EventsDropped] says how many."""
     remember_settled_calls: int = 10_000
+    """Settled call ids kept to recognise a repeated ``call_id``; older ones are
+    forgotten."""
     session_options: Mapping[str, Any] = field(default_factory=dict)
+    """Extra GA ``session.update`` fields (``model``, ``audio``, ``output_modalities``,
+    ...); the server refuses a field it does not know, for example a top-level ``voice``
+    (it is ``audio.output.voice``)."""
 
     def __post_init__(self) -> None:
         if self.on_tool_error not in ("continue", "raise", "close"):

@@ -5,7 +5,7 @@ telemetry observes the very same stream, so a trace can never tell a different s
 app saw.
 
 Tool failures carry the ORIGINAL exception object (``error``): rtguard never wraps or
-replaces it, and each one is delivered exactly once, either as a :class:`ToolFailed` event or,
+replaces it, and each one is delivered exactly once, either as a ``ToolFailed`` event or,
 when a policy asks for it, raised from the event iterator.
 """
 
@@ -77,6 +77,9 @@ class ToolApprovalRequested:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallStarted:
+    """The tool starts, with ``arguments`` validated against its schema (and approved, if it
+    needed approval)."""
+
     call_id: str
     tool_name: str
     arguments: dict[str, Any]
@@ -84,6 +87,9 @@ class ToolCallStarted:
 
 @dataclass(frozen=True, slots=True)
 class ToolSucceeded:
+    """The tool returned; ``output`` is what the model gets (a string result as it is, any
+    other as JSON). A confirmed handoff succeeds too, after its ``HandoffCompleted``."""
+
     call_id: str
     tool_name: str
     output: str
@@ -120,6 +126,9 @@ class HandoffCompleted:
 
 @dataclass(frozen=True, slots=True)
 class OutputSent:
+    """Attempt ``attempt`` (from 1) to send the call's output was written; the server has
+    yet to confirm it ([`OutputAcknowledged`][rtguard.OutputAcknowledged])."""
+
     call_id: str
     tool_name: str
     attempt: int
@@ -128,7 +137,8 @@ class OutputSent:
 @dataclass(frozen=True, slots=True)
 class OutputSendFailed:
     """An attempt failed: the transport raised, or the server refused it (``error`` is then a
-    :class:`~rtguard.ServerRejectedError` with the server's code)."""
+    [`ServerRejectedError`][rtguard.ServerRejectedError] with the server's code);
+    ``will_retry`` says whether the cached output will be sent again."""
 
     call_id: str
     tool_name: str
@@ -200,8 +210,9 @@ class SessionClosed:
 class ProtocolErrorEvent:
     """A server frame (or a missing one) rtguard could not use; it was counted and skipped.
 
-    Every frame rtguard could parse reaches the app as a :class:`ServerEvent` (audio deltas,
-    transcripts, ``error`` events as :class:`~rtguard.ServerError`, the response lifecycle).
+    Every frame rtguard could parse reaches the app as a [`ServerEvent`][rtguard.ServerEvent]
+    (audio deltas, transcripts, ``error`` events as [`ServerError`][rtguard.ServerError], the
+    response lifecycle).
     """
 
     reason: str
@@ -228,7 +239,7 @@ class EventsDropped:
 @dataclass(frozen=True, slots=True)
 class ToolFailedRaised(ToolFailed):
     """Not yielded: a failure whose error the iterator raises (``RaiseToApp``) once the call
-    is settled. Telemetry observes it like any :class:`ToolFailed`."""
+    is settled. Telemetry observes it like any ``ToolFailed``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +279,8 @@ SessionEvent = (
     | SessionClosed
     | ServerEvent
 )
+"""Everything iterating a session can yield: rtguard's own events, and every frame the
+server sent as a ``ServerEvent``. One ordered stream, ending with ``SessionClosed``."""
 
 # What the core produces besides events: instructions to the asyncio layer, in stream order.
 CoreEvent = SessionEvent | RaiseToApp | AppFrameDone

@@ -1,6 +1,6 @@
 """Turning a failed call into the text the model reads.
 
-One policy (a callable taking a :class:`ToolFailure`) covers every failure kind, so a user who
+One policy (a callable taking a ``ToolFailure``) covers every failure kind, so a user who
 wants different wording replaces one function. The default names the tool, the exception type
 and its message: never a traceback, and secrets that look like API keys or bearer tokens are
 redacted, because exception messages often quote request headers or URLs.
@@ -28,6 +28,9 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ToolFailure:
+    """A failed call, as a failure text policy gets it: ``error`` is the original exception
+    (or the rtguard error standing for a failure that had none), ``outcome`` its kind."""
+
     tool_name: str
     call_id: str
     outcome: Outcome
@@ -35,6 +38,10 @@ class ToolFailure:
 
 
 FailureOutput = Callable[[ToolFailure], str]
+"""A failure text policy: the model-visible text for a failed call. One function covers
+every failure kind; set it in ``SessionConfig(failure_output=...)`` or per tool with
+``function_tool(failure_output=...)``. If it raises or returns something that is not a
+string, ``default_failure_output`` is used instead and an ``ErrorSwallowed`` says so."""
 
 _SECRET_PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
@@ -46,14 +53,26 @@ _MAX_NAME_CHARS = 64  # a name the model invented can be anything
 
 
 def redact(text: str) -> str:
-    """Replace what looks like an API key or bearer token with ``[REDACTED]``."""
+    """Replace what looks like an API key or bearer token with ``[REDACTED]``.
+
+    Covers ``sk-...`` keys, ``Bearer <token>``, and values after ``api_key``,
+    ``authorization`` or ``token`` followed by ``:`` or ``=``.
+    """
     text = _SECRET_PATTERNS[0].sub("[REDACTED]", text)
     text = _SECRET_PATTERNS[1].sub(r"\1 [REDACTED]", text)
     return _SECRET_PATTERNS[2].sub(r"\1\2[REDACTED]", text)
 
 
 def default_failure_output(failure: ToolFailure) -> str:
-    """Never raises, whatever the error: its ``str()`` and class name are read defensively."""
+    """The failure text rtguard sends unless told otherwise.
+
+    It names the tool and, for a tool that raised, the exception type and its message
+    (redacted with ``redact``, at most 500 characters), never a traceback. An unknown tool,
+    bad arguments, a timeout and a failed handoff each have their own wording: the model is
+    told to use one of its tools, what was wrong with the arguments, that the tool returned
+    no result, that it remains the active agent.
+    Never raises, whatever the error: its ``str()`` and class name are read defensively.
+    """
     name, error = failure.tool_name[:_MAX_NAME_CHARS], failure.error
     message = redact(safe_str(error)[: _MAX_MESSAGE_CHARS * 4])[:_MAX_MESSAGE_CHARS]
     kind = type_name(error)

@@ -50,14 +50,34 @@ __all__ = [
 
 
 class CallState(enum.Enum):
+    """Where a call is in its one state machine; ``ACKNOWLEDGED`` and ``INCOMPLETE`` end it.
+
+    ```
+    RECEIVED ──> RUNNING <──> AWAITING_APPROVAL
+       │           │    └───> HANDING_OFF ──┐
+       │           v                        v
+       └──────> OUTPUT_READY <──> OUTPUT_SENT ──> ACKNOWLEDGED
+                    │                  │
+                    └──> INCOMPLETE <──┘        (every open state can end here)
+    ```
+    """
+
     RECEIVED = "received"
+    """Waiting for its turn to run (one at a time with ``async_tool_calls=False``)."""
     RUNNING = "running"
+    """Its user code runs: arguments, approval policy, tool, handoff factory."""
     AWAITING_APPROVAL = "awaiting_approval"
+    """Waiting for the app's ``approve`` or ``reject``."""
     HANDING_OFF = "handing_off"
+    """The new agent's ``session.update`` waits for the server's answer."""
     OUTPUT_READY = "output_ready"
+    """The output exists, and is being written or waits to be resent."""
     OUTPUT_SENT = "output_sent"
+    """Written; waiting for the server to confirm it."""
     ACKNOWLEDGED = "acknowledged"
+    """The server confirmed the output: the model can see it."""
     INCOMPLETE = "incomplete"
+    """Ended without a model-visible output; the call's ``IncompleteReason`` says why."""
 
 
 _S = CallState
@@ -85,25 +105,41 @@ class Outcome(enum.StrEnum):
     """How the tool call itself ended; decides the text the model gets."""
 
     SUCCESS = "success"
+    """The tool returned (or the handoff was confirmed); the output is its result."""
     ERROR = "error"
+    """The tool (or its approval policy) raised, its result could not be used
+    (``ToolResultError``), or the closing session did not run it."""
     TIMEOUT = "timeout"
+    """The tool did not finish within its ``timeout``."""
     REJECTED = "rejected"
+    """The app rejected the call; the output is the rejection message."""
     UNKNOWN_TOOL = "unknown_tool"
+    """The active agent has no tool by that name."""
     INVALID_ARGUMENTS = "invalid_arguments"
+    """The arguments were not JSON, did not fit the tool's schema, or were too large."""
     HANDOFF_FAILED = "handoff_failed"
+    """The handoff could not be made; the old agent stays."""
 
 
 class IncompleteReason(enum.StrEnum):
     """Why a call ended without an output the model can see."""
 
     CONNECTION_LOST = "connection_lost"  # the connection ended and reconnecting is off
+    """The connection ended and reconnecting is off (``SessionConfig(reconnect=None)``)."""
     RECONNECT_FAILED = "reconnect_failed"  # no new connection could be opened to carry it
+    """No new connection could be opened to carry it."""
     CARRY_FAILED = "carry_failed"  # the new connection refused its recreated function_call
+    """The new connection refused its recreated ``function_call``."""
     SERVER_CLOSED = "server_closed"  # the server ended the session (a normal close)
+    """The server ended the session (a normal close)."""
     SESSION_CLOSED = "session_closed"
+    """The app closed the session before the call was answered within ``close_timeout``."""
     RETRIES_EXHAUSTED = "retries_exhausted"
+    """Every send attempt the ``RetryPolicy`` allows failed."""
     REJECTED_BY_SERVER = "rejected_by_server"
+    """The server refused the output with an error that is not worth retrying."""
     UNACKNOWLEDGED = "unacknowledged"  # sent, but the server never confirmed it
+    """Sent, but the server never confirmed it within ``ack_timeout``; it is not resent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,18 +162,28 @@ class RetryPolicy:
     """Bounded exponential backoff for resending a cached output.
 
     No jitter: a session has one socket, so there is no herd of clients to spread out.
+    The tool never runs again: every attempt sends the same cached output. The same policy
+    paces a ``response.create`` whose write failed.
+
+    Raises:
+        ValueError: ``max_attempts`` is below 1.
     """
 
     max_attempts: int = 5
+    """Send attempts in all, the first included; then the call is ``retries_exhausted``."""
     initial_backoff: float = 0.05
+    """Seconds before the second attempt."""
     max_backoff: float = 1.0
+    """The longest wait between two attempts, in seconds."""
     multiplier: float = 2.0
+    """How much longer each wait is than the one before."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
 
     def backoff(self, failed_attempts: int) -> float:
+        """Seconds to wait after ``failed_attempts`` (1 or more) failed attempts."""
         return min(
             self.max_backoff, self.initial_backoff * self.multiplier ** (failed_attempts - 1)
         )

@@ -33,14 +33,25 @@ class Loss(enum.StrEnum):
     """Why a connection ended: the ``reason`` of reconnect events and metrics."""
 
     CONNECTION_LOST = "connection_lost"  # no close frame, a transport error, an odd close code
+    """No close frame, a transport error, an unexpected close code: reconnects."""
     GOING_AWAY = "going_away"  # 1001: the server restarts
+    """Close 1001, a restart: reconnects."""
     SESSION_EXPIRED = "session_expired"  # the session hit the server's maximum duration
+    """Close 1001 with the maximum-duration reason, or after a ``session_expired`` error:
+    reconnects."""
     ROLLOVER = "rollover"  # rtguard moved to a fresh connection before the maximum duration
+    """rtguard's own move to a fresh connection before the maximum duration: reconnects at
+    once."""
     SERVER_CLOSED = "server_closed"  # 1000: the server ended the session on purpose
+    """Close 1000, the server ended the session on purpose: the session ends."""
     REFUSED = "refused"  # authentication, quota, policy: not worth another attempt
+    """Authentication (close 3000), policy (1008), ``invalid_api_key`` or
+    ``insufficient_quota``, a handshake refused with a 4xx other than 408, 425 or 429: the
+    session ends, since another attempt would meet the same answer."""
 
     @property
     def retryable(self) -> bool:
+        """Whether a connection that ended this way is worth replacing."""
         return self not in (Loss.SERVER_CLOSED, Loss.REFUSED)
 
 
@@ -80,20 +91,40 @@ class ReconnectPolicy:
     Replaying the conversation: ``history_items`` / ``history_bytes`` bound what is kept (the
     oldest items go first); ``replay`` chooses what of it a new connection gets.
     ``max_held_frames`` bounds the app's frames (messages, audio) held while there is no
-    connection; past it, sending raises :class:`~rtguard.ConnectionLostError`.
+    connection; past it, sending raises [`ConnectionLostError`][rtguard.ConnectionLostError].
+
+    Raises:
+        ConfigurationError: ``max_attempts`` below 1, a backoff, timeout or deadline that is
+            not positive, ``rollover_after`` not between 0 and ``rollover_deadline``, or a
+            negative history or held-frames bound.
     """
 
     max_attempts: int = 6
+    """Attempts in a row before giving up (the session ends with ``reconnect_failed``)."""
     initial_backoff: float = 0.2
+    """The ceiling of the first attempt's random delay, in seconds."""
     max_backoff: float = 5.0
+    """The highest ceiling of an attempt's random delay, in seconds."""
     multiplier: float = 2.0
+    """How much the ceiling grows from one attempt to the next."""
     connect_timeout: float = 10.0
+    """Seconds for one attempt."""
     rollover_after: float | None = 55 * 60.0
+    """Seconds after a connection opened (55 minutes) when to look for a quiet moment to
+    roll over; None: never."""
     rollover_deadline: float = 59 * 60.0
+    """Seconds after a connection opened (59 minutes) when to roll over regardless."""
     history_items: int = 256
+    """Conversation items kept to replay."""
     history_bytes: int = 1_000_000
+    """Bytes of conversation items kept to replay."""
     replay: ReplayPolicy | None = None  # None: the last 64 items (rtguard.replay_last(64))
+    """What a new connection gets of the recorded items: ``replay_all``,
+    ``replay_last(n)`` or your own; None: ``replay_last(64)``. If yours raises or returns
+    something that is not items, the default is used and an
+    ``ErrorSwallowed("replay_policy")`` says so."""
     max_held_frames: int = 1000
+    """The app's frames held while there is no connection (20 s of 20 ms audio chunks)."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

@@ -52,6 +52,7 @@ __all__ = ["DEFAULT_URL", "RealtimeSession"]
 logger = logging.getLogger("rtguard")
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+"""Where a session connects without ``url``: the OpenAI Realtime API (it needs an API key)."""
 DEFAULT_REJECTION = "The user declined to run this tool call."
 # How long the end of a session waits for tasks it cancelled (a tool may ignore cancellation).
 _CANCEL_GRACE = 1.0
@@ -61,10 +62,24 @@ class RealtimeSession:
     """A guarded realtime session: every call the model issues ends with exactly one
     ``function_call_output`` the model sees, or is reported incomplete with its reason.
 
-    Use it as an async context manager and iterate over it for :data:`SessionEvent` values.
+    Use it as an async context manager (entering connects, leaving closes) and iterate over
+    it for [`SessionEvent`][rtguard.SessionEvent] values; the iteration ends after
+    [`SessionClosed`][rtguard.SessionClosed].
 
     ``connector`` opens each connection (the first, and any after a loss); by default a
     WebSocket to ``url`` with ``api_key`` (or ``OPENAI_API_KEY``) as a bearer token.
+
+    Args:
+        agent: the agent active at the start; a handoff replaces it.
+        url: the Realtime endpoint, for instance a simulator's ``sim.url``.
+        api_key: the bearer token; by default ``OPENAI_API_KEY``. Never logged, and not in
+            ``repr(session)``.
+        config: how the session behaves; by default ``SessionConfig()``.
+        connector: opens each connection instead of the default WebSocket to ``url``.
+        telemetry: where spans, events and metrics go; by default ``Telemetry.default()``.
+
+    Raises:
+        ConfigurationError: ``agent`` is not an Agent.
     """
 
     def __init__(
@@ -80,6 +95,7 @@ class RealtimeSession:
         if not isinstance(agent, Agent):
             raise ConfigurationError(f"RealtimeSession needs an Agent, not {type(agent).__name__}")
         self.config = config or SessionConfig()
+        """How this session behaves."""
         self._url = url
         self.__api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self._connector = connector or self._open_websocket
@@ -114,10 +130,13 @@ class RealtimeSession:
 
     @property
     def session_id(self) -> str | None:
+        """The server's id of the current realtime session (from ``session.created``); a
+        new connection brings a new one. None until the server sent it."""
         return self._core.session_id
 
     @property
     def closed(self) -> bool:
+        """Whether the session is closing or closed: no new tool runs."""
         return self._core.state >= CoreState.CLOSING
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -136,8 +155,15 @@ class RealtimeSession:
 
     async def connect(self) -> None:
         """Open the connection; the agent's ``session.update`` goes out first. A connection
-        that cannot be opened raises here (:class:`~rtguard.ConnectionLostError`); once one
-        was, a loss is the reconnect policy's to handle."""
+        that cannot be opened raises here
+        ([`ConnectionLostError`][rtguard.ConnectionLostError]); once one was, a loss is the
+        reconnect policy's to handle. ``async with`` calls it.
+
+        Raises:
+            ConfigurationError: ``connect()`` was already called, or the default endpoint
+                has no API key.
+            SessionClosedError: the session is closed.
+        """
         if self._core.state is CoreState.CLOSED:
             raise SessionClosedError("the session is closed")
         if self._connecting or self._core.state is not CoreState.IDLE:
@@ -203,11 +229,22 @@ class RealtimeSession:
             self._drain()
 
     def approve(self, call_id: str) -> None:
+        """Run a call awaiting approval (announced by a ``ToolApprovalRequested``).
+
+        Raises:
+            KeyError: no call with this ``call_id`` is awaiting approval.
+        """
         self._core.approve(call_id, self._now())
         self._drain()
 
     def reject(self, call_id: str, message: str = DEFAULT_REJECTION) -> None:
-        """Refuse a call awaiting approval; ``message`` is the output the model gets."""
+        """Refuse a call awaiting approval; ``message`` is the output the model gets (by
+        default "The user declined to run this tool call.").
+
+        Raises:
+            KeyError: no call with this ``call_id`` is awaiting approval.
+            TypeError: ``message`` is not a string.
+        """
         self._core.reject(call_id, message, self._now())
         self._drain()
 

@@ -29,17 +29,29 @@ _VALID_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 @dataclass(frozen=True, eq=False)
 class FunctionTool:
-    """A Python function the model can call. Build one with :func:`function_tool`."""
+    """A Python function the model can call. Build one with
+    [`function_tool`][rtguard.function_tool], which derives the schema and the validator from
+    the function's signature; the fields are what it was given and what it derived."""
 
     name: str
+    """The name the model calls it by."""
     description: str
+    """What the model is told the tool does."""
     func: Callable[..., Any] = field(repr=False)
+    """The function itself, sync (run in a worker thread) or async."""
     timeout: float | None = None
+    """Seconds the tool may run before its call fails as ``timeout``; None: no limit."""
     timeout_behavior: TimeoutBehavior = "error_as_result"
+    """What a timeout does besides the failure output: see ``function_tool``."""
     needs_approval: ApprovalPolicy = False
+    """Whether a call waits for the app's approval, or a function of the arguments that
+    decides it per call."""
     failure_output: FailureOutput | None = field(default=None, repr=False)
+    """This tool's failure text policy; None: the session's."""
     arguments_model: type[pydantic.BaseModel] = field(default=pydantic.BaseModel, repr=False)
+    """The pydantic model the arguments are validated with."""
     parameters: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The JSON schema of the arguments, as the model is given it."""
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -71,6 +83,8 @@ class FunctionTool:
         return {name: getattr(model, name) for name in type(model).model_fields}
 
     async def requires_approval(self, kwargs: Mapping[str, Any]) -> bool:
+        """Whether this call, with these validated arguments, waits for the app's approval.
+        A policy function's exception propagates (the session fails the call with it)."""
         policy = self.needs_approval
         if isinstance(policy, bool):
             return policy
@@ -120,8 +134,37 @@ def function_tool(
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Make a function (sync or async) a tool; its type hints become the JSON schema.
 
-    ``timeout_behavior="raise_exception"`` still sends the model a failure output first, then
-    raises the :class:`ToolTimeoutError` from the session's event iterator.
+    Use it bare (``@function_tool``) or with options (``@function_tool(timeout=2.0)``). The
+    same pydantic model gives the schema the model sees and validates the arguments it
+    sends, so the two cannot drift apart; arguments that do not fit never reach the function
+    (the call fails as ``invalid_arguments``). A sync function runs in a worker thread. The
+    return value is the model's output: a string as it is, anything else as JSON.
+
+    Args:
+        func: the function, when used bare.
+        name: the name the model calls; by default the function's ``__name__``. 1 to 64
+            letters, digits, ``_`` or ``-``.
+        description: what the model is told; by default the docstring's first paragraph.
+        timeout: seconds before the call fails as ``timeout`` (a sync tool's thread cannot
+            be stopped: it finishes in the background, its result unused); None: no limit.
+        timeout_behavior: ``"error_as_result"`` (the default) reports a timeout like any
+            failure. ``"raise_exception"`` still sends the model a failure output first,
+            then raises the [`ToolTimeoutError`][rtguard.ToolTimeoutError] from the
+            session's event iterator.
+        needs_approval: True to make every call wait for ``session.approve`` or
+            ``session.reject`` (a [`ToolApprovalRequested`][rtguard.ToolApprovalRequested]
+            event asks), or a sync or async function of the validated arguments that
+            decides per call.
+        failure_output: this tool's failure text policy, in place of the session's
+            ``SessionConfig.failure_output``.
+
+    Returns:
+        The tool, or (with options) a decorator that makes one.
+
+    Raises:
+        ConfigurationError: an invalid name, timeout or ``timeout_behavior``, a parameter
+            that cannot be passed by keyword, or a type hint rtguard cannot describe as
+            JSON schema.
     """
     if timeout is not None and timeout <= 0:
         raise ConfigurationError("timeout must be a positive number of seconds")

@@ -15,8 +15,13 @@ ROOT = "root"
 
 
 class Conversation:
+    """The items of one connection's conversation, in the server's order (the simulator's
+    ``conversations``, by connection number): what a test reads to see what the server
+    holds after a replay or a carried call."""
+
     def __init__(self, conversation_id: str) -> None:
         self.id = conversation_id
+        """The conversation's id (the simulator's are ``conv_sim<connection number>``)."""
         # Ordered by position; dicts keep the lookups constant-time for long soak sessions.
         self._items: dict[str, dict[str, Any]] = {}
         self._calls: Counter[str] = Counter()  # call_id -> function_call items holding it
@@ -26,13 +31,16 @@ class Conversation:
 
     @property
     def items(self) -> list[dict[str, Any]]:
+        """The items, in order, as the server holds them."""
         return list(self._items.values())
 
     @property
     def item_ids(self) -> list[str]:
+        """The items' ids, in order."""
         return list(self._items)
 
     def get(self, item_id: str) -> dict[str, Any] | None:
+        """The item with this id, or None."""
         return self._items.get(item_id)
 
     def has_call(self, call_id: str) -> bool:
@@ -46,7 +54,7 @@ class Conversation:
         )
 
     def insert(self, item: dict[str, Any], previous_item_id: str | None = None) -> str | None:
-        """Add ``item`` after ``previous_item_id``, which :meth:`knows`, and return the id of
+        """Add ``item`` after ``previous_item_id``, which ``knows``, and return the id of
         the item now before it (None at the start)."""
         if previous_item_id is None:
             before = next(reversed(self._items), None)
@@ -66,6 +74,7 @@ class Conversation:
         self._items[item["id"]] = item
 
     def remove(self, item_id: str) -> bool:
+        """Delete an item; False if there was none with this id."""
         item = self._items.pop(item_id, None)
         if item is not None and item["type"] == "function_call":
             self._calls[item["call_id"]] -= 1

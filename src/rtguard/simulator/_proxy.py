@@ -1,6 +1,6 @@
 """A fault-injecting WebSocket relay between a session and a server, on 127.0.0.1.
 
-It forwards frames both ways and, for the frames a :class:`FrameFault` matches, drops them,
+It forwards frames both ways and, for the frames a ``FrameFault`` matches, drops them,
 duplicates them, holds them back (so later frames overtake them: reordering, late acks), or
 cuts both TCP connections at that point, in the middle of a call. ``stall()`` pauses all
 forwarding for a while, like a network that stops moving. When one side ends, the other ends
@@ -37,18 +37,32 @@ class FrameFault:
     ``conversation.item.*`` confirmations, ``<type>:<item type>`` (for example
     ``conversation.item.added:function_call_output``). ``times`` matching frames are hit
     (None: all of them), after skipping the first ``skip``.
+
+    ``action``: ``"drop"`` forwards nothing, ``"duplicate"`` forwards the frame twice,
+    ``"delay"`` forwards it ``delay`` seconds later (frames behind it overtake it), and
+    ``"cut"`` aborts both connections at that frame, without a close handshake.
     """
 
     direction: Direction
+    """``"to_server"`` (what the session sends) or ``"to_client"`` (what the server sends)."""
     kind: str
+    """The frame kind to match, such as ``response.create`` or
+    ``conversation.item.added:function_call_output``."""
     action: FaultAction
+    """``"drop"``, ``"duplicate"``, ``"delay"`` or ``"cut"``."""
     delay: float = 0.0
+    """Seconds a ``"delay"`` holds the frame back."""
     times: int | None = 1
+    """How many matching frames to hit; None: all of them."""
     skip: int = 0
+    """How many matching frames to let through first."""
     hits: int = 0
+    """How many frames it hit so far."""
     seen: int = 0
+    """How many matching frames it saw so far."""
 
     def applies(self, direction: Direction, kind: str) -> bool:
+        """Whether this frame is hit, counting it (the relay calls it once per frame)."""
         if direction != self.direction or kind != self.kind:
             return False
         self.seen += 1
@@ -71,15 +85,28 @@ def frame_kind(frame: str | bytes) -> str:
 
 
 class FaultProxy:
+    """A WebSocket relay on 127.0.0.1 that injects frame faults between a session and a
+    server: ``async with FaultProxy(server_url, faults) as proxy:`` then connect the session
+    to ``proxy.url``.
+
+    Each connection to the proxy opens one to ``upstream_url`` (passing the
+    ``Authorization`` header on) and relays frames both ways; the first of ``faults`` that
+    matches a frame decides what happens to it. When one side ends, the other ends the same
+    way: the same close code and reason, or an abort if the connection was cut.
+    """
+
     def __init__(self, upstream_url: str, faults: list[FrameFault] | None = None) -> None:
         self.upstream_url = upstream_url
+        """The server the proxy relays to."""
         self.faults = faults or []
+        """The frame faults, tried in order for each frame."""
         self._server: Server | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._pairs: list[tuple[ServerConnection, ClientConnection]] = []
         self._held: set[asyncio.Task[None]] = set()
         self.cuts = 0
+        """How many times the connections were cut (``cut()`` or a ``"cut"`` fault)."""
 
     async def __aenter__(self) -> FaultProxy:
         self._server = await serve(
@@ -106,6 +133,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
+        """Where to connect the session: ``ws://127.0.0.1:<port>/v1/realtime``."""
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
         return f"ws://127.0.0.1:{port}/v1/realtime"

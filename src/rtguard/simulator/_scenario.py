@@ -3,7 +3,7 @@
 A scenario file (YAML or JSON) is read against a schema derived from the dataclasses below:
 every field is a key and its type hint says what the key takes, so a field added here is
 accepted in files at once. Unknown keys, missing keys and wrong types are refused with the
-key's path and what it takes, in one :class:`ScenarioError` line.
+key's path and what it takes, in one ``ScenarioError`` line.
 """
 
 from __future__ import annotations
@@ -141,13 +141,21 @@ class Scenario:
     """
 
     calls: tuple[CallSpec, ...] = ()
+    """The calls the model issues, in order, once over the whole simulator."""
     rate: float | None = None
+    """Calls per second; 0 or None: as fast as the client answers."""
     calls_per_response: int = 1
+    """How many calls each model response issues."""
     max_in_flight: int = 32
+    """Without a rate: the most calls left without an output on a connection."""
     stream_delay: float = 0.0
+    """Seconds before each streamed delta of a response."""
     speak_seconds: float = 0.0
+    """How long each spoken answer lasts, streamed at real-time pace (0: at once)."""
     stamp_audio: bool = False
+    """Write each audio chunk's send time (``time.monotonic()``) into its first 8 bytes."""
     faults: Faults = field(default_factory=Faults)
+    """What goes wrong, and when."""
 
     def __post_init__(self) -> None:
         rate = self.rate
@@ -164,15 +172,24 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: object) -> Scenario:
-        """Build a scenario from a parsed document, checked against the schema."""
+        """Build a scenario from a parsed document, checked against the schema (a scenario
+        file's keys: this class's fields, ``repeat``, and ``faults`` with ``Faults``'s).
+
+        Raises:
+            ScenarioError: an unknown or missing key, or a value of the wrong type.
+        """
         document = _form(_ScenarioFile).read(data, "")
         assert isinstance(document, _ScenarioFile)
         return document.scenario()
 
     @classmethod
     def parse(cls, text: str, source: str = "<scenario>") -> Scenario:
-        """Read a scenario from YAML or JSON text (YAML is a superset of JSON); errors name
-        ``source``."""
+        """Read a scenario from YAML or JSON text (YAML is a superset of JSON).
+
+        Raises:
+            ScenarioError: the text is not YAML, or does not fit the schema; its message
+                names ``source`` and the key.
+        """
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
@@ -184,7 +201,12 @@ class Scenario:
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
-        """Read a scenario from a JSON or YAML file."""
+        """Read a scenario from a JSON or YAML file.
+
+        Raises:
+            ScenarioError: the file cannot be read, is not UTF-8 text, or does not fit the
+                schema.
+        """
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as error:
@@ -197,7 +219,11 @@ class Scenario:
     @classmethod
     def shipped(cls, name: str) -> Scenario:
         """One of the example scenarios that come with rtguard, by name (see
-        :meth:`shipped_names`)."""
+        ``shipped_names``), such as ``"handoffs"`` or ``"flaky-server"``.
+
+        Raises:
+            ScenarioError: no shipped scenario has that name.
+        """
         resource = _shipped_folder().joinpath(f"{name}.yaml")
         if not resource.is_file():
             shipped = ", ".join(cls.shipped_names())

@@ -42,6 +42,8 @@ __all__ = ["MALFORMED_FRAME", "CallRecord", "Simulator"]
 # What the ``malformed_before`` fault sends: the one frame the simulator sends on purpose
 # that is not a protocol event.
 MALFORMED_FRAME = "{this is not json"
+"""The frame the ``malformed_before`` fault sends: not JSON, so a client must count it and
+skip it (rtguard reports a ``ProtocolErrorEvent``)."""
 
 _REPLY = "All done. Anything else?"  # what the model says when asked to respond
 _SILENCE = base64.b64encode(bytes(480)).decode("ascii")  # 10 ms of pcm16, one audio delta
@@ -73,7 +75,7 @@ class CallRecord:
     lists, in order, the connections whose conversation held its item; the last one is the
     conversation that continues, and ``outputs`` are about that one. ``responded_on`` are the
     connections where a ``response.create`` followed its output: the model was asked to
-    answer it (see :meth:`Simulator.asked_to_answer`).
+    answer it (see ``Simulator.asked_to_answer``).
     """
 
     call_id: str
@@ -105,6 +107,7 @@ class CallRecord:
 
     @property
     def latency(self) -> float | None:
+        """Seconds from issuing the call to its first accepted output; None without one."""
         return None if self.first_output_at is None else self.first_output_at - self.issued_at
 
 
@@ -115,6 +118,18 @@ class Simulator:
     ``frames_received`` (all connections, in order). With ``api_key``, a connection without
     ``Authorization: Bearer <api_key>`` gets the real server's refusal: an ``error``, then a
     close with code 3000.
+
+    The scenario's calls are one script over the whole simulator: a new connection goes on
+    with the next call not yet issued. What happened to each call is in ``calls``;
+    ``assert_invariant()`` checks that each got exactly one output in the conversation that
+    continues, and that the model was asked to answer it.
+
+    Args:
+        scenario: what the simulated model does; by default no calls at all.
+        host: the address to listen on.
+        port: the port to listen on; 0 picks a free one (read it from ``port``).
+        record_frames: keep every frame in ``frames_sent`` and ``frames_received``.
+        api_key: refuse connections that do not bear it, as the real server does.
     """
 
     def __init__(
@@ -131,23 +146,40 @@ class Simulator:
         self._api_key = api_key
         self._server: Server | None = None
         self.calls: dict[str, CallRecord] = {}
+        """Every call issued so far, by ``call_id``."""
         self.session_updates: list[tuple[int, dict[str, Any]]] = []  # (client event seq, session)
+        """Each accepted ``session.update``: the client event's number, the session after it."""
         self.user_messages: list[str] = []
+        """The text of every user message the client created, in order."""
         self.client_events = 0
+        """Frames received from clients, over all connections."""
         self.response_creates = 0
+        """``response.create`` events accepted."""
         self.latest_response_create_on = 0  # the last connection that got a response.create
+        """The highest-numbered connection that got a ``response.create``."""
         self.ended_by_server: set[int] = set()  # connections a fault cut or expired
+        """Connections (by number) that a fault cut or expired."""
         self.refused_response_creates = 0
+        """``response.create`` events refused because a response was in progress."""
         self.connections = 0
+        """Connections accepted so far; they are numbered from 1."""
         self.conversations: dict[int, Conversation] = {}  # by connection number (from 1)
+        """Each connection's conversation, by connection number."""
         self.client_items: dict[int, list[dict[str, Any]]] = {}  # accepted, as the client sent
+        """The items each connection accepted from the client, as the client sent them."""
         self.record_frames = record_frames
+        """Whether frames are kept in ``frames_sent`` and ``frames_received``."""
         self.frames_sent: list[str] = []
+        """With ``record_frames``: every frame sent, all connections, in order."""
         self.frames_received: list[str] = []
+        """With ``record_frames``: every frame received, all connections, in order."""
         self.next_call = 0  # the script's position: the first call not issued yet
+        """The script's position: the index of the first call not issued yet."""
         # Spoken answers (``speak_seconds``): how many 20 ms chunks went out how many whole
         # milliseconds behind their real-time schedule; a simulator short of CPU falls behind.
         self.audio_late_ms: Counter[int] = Counter()
+        """Spoken answers: how many 20 ms chunks went out how many whole milliseconds behind
+        their real-time schedule."""
         self._script = asyncio.Lock()  # one connection at a time takes the script's next calls
         self._session_updates_seen = 0
         self._fired: set[tuple[str, int]] = set()
@@ -165,6 +197,7 @@ class Simulator:
         await self.stop()
 
     async def start(self) -> None:
+        """Start listening (``async with`` does it)."""
         self._server = await serve(
             self._handle,
             self._host,
@@ -175,26 +208,31 @@ class Simulator:
         )
 
     async def stop(self) -> None:
+        """Close every connection and stop listening (leaving ``async with`` does it)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
 
     @property
     def port(self) -> int:
+        """The port it listens on, once started."""
         assert self._server is not None, "start the simulator first"
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
     def open_connections(self) -> int:
+        """How many client connections are open now."""
         return len(self._server.connections) if self._server is not None else 0
 
     @property
     def url(self) -> str:
+        """Where to connect a session: ``ws://<host>:<port>/v1/realtime``."""
         return f"ws://{self._host}:{self.port}/v1/realtime"
 
     # --- what tests and the CLI ask -----------------------------------------------------
 
     def unanswered(self) -> list[CallRecord]:
+        """The calls without an accepted output in the conversation that continues."""
         return [c for c in self.calls.values() if not c.outputs]
 
     def asked_to_answer(self, call: CallRecord) -> bool:
@@ -222,6 +260,7 @@ class Simulator:
         return problems
 
     def assert_invariant(self) -> None:
+        """Raise an ``AssertionError`` listing the ``violations()``, if there are any."""
         problems = self.violations()
         if problems:
             raise AssertionError(

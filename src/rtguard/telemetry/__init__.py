@@ -1,6 +1,7 @@
 """rtguard's telemetry: OpenTelemetry spans, Prometheus metrics, log correlation.
 
-Names are declared in :mod:`rtguard.telemetry._names` and documented in the README.
+Names are declared in ``rtguard.telemetry._names`` and documented in the telemetry guide
+(docs/guide/telemetry.md), whose tables the tests check against them.
 """
 
 from ._logging import TraceContextFilter

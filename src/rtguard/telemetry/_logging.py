@@ -18,6 +18,8 @@ class TraceContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.trace_id`` and ``record.span_id`` from the current span; keeps every
+        record."""
         context = trace.get_current_span().get_span_context()
         record.trace_id = format(context.trace_id, "032x") if context.is_valid else ""
         record.span_id = format(context.span_id, "016x") if context.is_valid else ""

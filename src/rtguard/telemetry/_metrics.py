@@ -37,8 +37,20 @@ class _OpenCall(Protocol):
 
 
 class RtguardMetrics:
+    """rtguard's Prometheus instruments, registered in ``registry``: the metrics the
+    telemetry guide lists, each a ``prometheus_client`` object as an attribute.
+
+    ``Telemetry.default()`` makes one on the process-wide registry; make your own with a
+    ``CollectorRegistry`` of your own (a registry takes each metric name once) and pass it as
+    ``Telemetry(metrics=...)``. Every labelled series that alerts key on is exported as 0
+    from the start. The two waiting-call gauges are computed at scrape time from the
+    sessions it ``watch``es, or, with ``PROMETHEUS_MULTIPROC_DIR`` set, kept as per-process
+    gauges that ``refresh`` updates.
+    """
+
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.registry = registry
+        """Where the instruments are registered; None: nowhere (nothing is exported)."""
         self.tool_duration = Histogram(
             n.METRIC_TOOL_DURATION,
             "Duration of a tool call from the model's call until its output is settled "
@@ -47,12 +59,15 @@ class RtguardMetrics:
             buckets=n.TOOL_DURATION_BUCKETS,
             registry=registry,
         )
+        """``gen_ai_execute_tool_duration_seconds``: a call from the model's request until it is
+        settled, by tool and ``error_type``."""
         self.tool_calls = Counter(
             n.METRIC_TOOL_CALLS,
             "Tool calls by how the tool ended (success, error, timeout, rejected, ...).",
             ["gen_ai_tool_name", "outcome"],
             registry=registry,
         )
+        """``rtguard_tool_calls_total``: calls by tool and how the tool ended (``outcome``)."""
         self.output_latency = Histogram(
             n.METRIC_OUTPUT_LATENCY,
             "Time from the model's function call to the server acknowledging its output.",
@@ -60,47 +75,58 @@ class RtguardMetrics:
             buckets=n.OUTPUT_LATENCY_BUCKETS,
             registry=registry,
         )
+        """``rtguard_output_latency_seconds``: the model's call to the server's acknowledgement of
+        its output, by tool."""
         self.output_sends = Counter(
             n.METRIC_OUTPUT_SENDS,
             "Attempts to send a function_call_output, by result.",
             ["result"],
             registry=registry,
         )
+        """``rtguard_output_sends_total``: send attempts, by ``result``."""
         self.send_retries = Counter(
             n.METRIC_SEND_RETRIES,
             "Output sends scheduled again (from the cached output) after a failed attempt.",
             registry=registry,
         )
+        """``rtguard_output_send_retries_total``: sends scheduled again from the cached output."""
         self.calls_without_output = Counter(
             n.METRIC_CALLS_WITHOUT_OUTPUT,
             "Calls that ended without an output the model can see, by reason.",
             ["reason"],
             registry=registry,
         )
+        """``rtguard_calls_without_output_total``: calls that ended without output, by
+        ``reason``."""
         self.swallowed_errors = Counter(
             n.METRIC_SWALLOWED_ERRORS,
             "Exceptions rtguard caught and did not re-raise, by where.",
             ["place"],
             registry=registry,
         )
+        """``rtguard_swallowed_errors_total``: exceptions caught and not re-raised, by ``place``."""
         self.protocol_errors = Counter(
             n.METRIC_PROTOCOL_ERRORS,
             "Server frames rtguard could not use, and server error events, by kind.",
             ["kind"],
             registry=registry,
         )
+        """``rtguard_protocol_errors_total``: unusable frames and server errors, by ``kind``."""
         self.handoffs = Counter(
             n.METRIC_HANDOFFS,
             "Handoffs between agents, by result.",
             ["result"],
             registry=registry,
         )
+        """``rtguard_handoffs_total``: handoffs, by ``result``."""
         self.events_dropped = Counter(
             n.METRIC_EVENTS_DROPPED,
             "Plain server events (audio and transcript deltas, ...) dropped because the app "
             "fell more than max_queued_events behind.",
             registry=registry,
         )
+        """``rtguard_events_dropped_total``: plain server events dropped for an app that fell
+        behind."""
         self.sessions_closed = Counter(
             n.METRIC_SESSIONS_CLOSED,
             "Sessions that ended, by reason (closed by the app, server_closed, "
@@ -108,34 +134,40 @@ class RtguardMetrics:
             ["reason"],
             registry=registry,
         )
+        """``rtguard_sessions_closed_total``: sessions that ended, by ``reason``."""
         self.reconnects = Counter(
             n.METRIC_RECONNECTS,
             "Connections replaced, by why the old one ended and whether a new one opened.",
             ["reason", "outcome"],
             registry=registry,
         )
+        """``rtguard_reconnects_total``: connections replaced, by ``reason`` and ``outcome``."""
         self.calls_carried = Counter(
             n.METRIC_CALLS_CARRIED,
             "Open calls carried to a new connection (their function_call recreated there).",
             registry=registry,
         )
+        """``rtguard_calls_carried_total``: open calls carried to a new connection."""
         self.replayed_items = Counter(
             n.METRIC_REPLAYED_ITEMS,
             "Conversation items recreated on a new connection.",
             registry=registry,
         )
+        """``rtguard_replayed_items_total``: conversation items recreated on new connections."""
         self.disconnected = Histogram(
             n.METRIC_DISCONNECTED,
             "Time without a connection, from a connection's end until the next one opened.",
             buckets=n.DISCONNECTED_BUCKETS,
             registry=registry,
         )
+        """``rtguard_disconnected_seconds``: time without a connection."""
         self.active_sessions = Gauge(
             n.METRIC_ACTIVE_SESSIONS,
             "Realtime sessions currently connected.",
             registry=registry,
             multiprocess_mode="livesum",
         )
+        """``rtguard_active_sessions``: connected sessions."""
         build_info = Gauge(
             n.METRIC_BUILD_INFO,
             "rtguard's version; always 1.",
@@ -148,6 +180,7 @@ class RtguardMetrics:
         # Scrape-time gauges need this process's memory, which prometheus_client's
         # multiprocess mode cannot read: there, sessions refresh per-process gauges instead.
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        """Whether prometheus_client's multiprocess mode was on when this was made."""
         if self.multiprocess:
             self._calls_waiting = Gauge(
                 n.METRIC_CALLS_WAITING,

@@ -1,7 +1,8 @@
 """Every span name, attribute key and metric name rtguard emits, in one place.
 
 These are a public contract: dashboards, alert rules and trace queries key on them, and the
-README's tables are checked against this module by the tests.
+tables of the telemetry guide (docs/guide/telemetry.md) are checked against this module by
+the tests.
 
 GenAI names follow the OpenTelemetry GenAI semantic conventions (status: Development) as
 published in ``open-telemetry/semantic-conventions-genai`` with schema URL
@@ -16,6 +17,8 @@ conventions lack. docs/operations.md explains the trace shape.
 from __future__ import annotations
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/gen-ai/1.42.0"
+"""The OpenTelemetry schema URL of rtguard's tracer and logger: the GenAI semantic
+conventions' version its names follow."""
 INSTRUMENTATION_NAME = "rtguard"
 
 # --- span names ----------------------------------------------------------------------------

@@ -90,6 +90,17 @@ class Telemetry:
 
     ``capture_content=True`` opts in to tool arguments and results on spans (truncated to
     ``max_content_chars``); they are off by default because they often hold user data.
+    Pass one as ``RealtimeSession(..., telemetry=...)``; a session without one reports to
+    ``Telemetry.default()``.
+
+    Args:
+        tracer_provider: where spans go; by default the global one (the OpenTelemetry API's
+            no-op provider until an SDK is set up, which makes spans free).
+        logger_provider: where the session start and end events go; by default the global
+            one.
+        metrics: the Prometheus instruments to record in; None records no metrics.
+        capture_content: put tool arguments and results on ``execute_tool`` spans.
+        max_content_chars: how much of each of them, at most.
     """
 
     _default: Telemetry | None = None
@@ -127,6 +138,7 @@ class Telemetry:
         return cls(tracer_provider=NoOpTracerProvider(), logger_provider=_logs.NoOpLoggerProvider())
 
     def session(self, session: RealtimeSession) -> SessionTelemetry:
+        """The observer of one session's events; the session makes it when it is made."""
         return SessionTelemetry(self, session)
 
 
@@ -182,6 +194,13 @@ class _Cache:
 
 
 class SessionTelemetry:
+    """One session's spans, events and metrics, derived from its event stream.
+
+    Made by ``Telemetry.session``; the session hands it every event it produces, in order,
+    behind a guard, after the core has acted on it. It never decides anything, so nothing it
+    does can change what happens to a call.
+    """
+
     def __init__(self, telemetry: Telemetry, session: RealtimeSession) -> None:
         self._tracer = telemetry.tracer
         self._event_logger = telemetry.event_logger
@@ -225,6 +244,8 @@ class SessionTelemetry:
         }
 
     def observe(self, event: SessionEvent) -> None:
+        """Record what ``event`` tells: open, annotate or end spans, emit the session
+        events, count metrics."""
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)

@@ -56,11 +56,20 @@ def configure(
     ``..._HEADERS``, ``..._TIMEOUT``, ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc``, the default,
     or ``http/protobuf``); ``OTEL_LOGS_EXPORTER=none`` for a backend that takes no logs.
     Export failures are counted in ``rtguard_swallowed_errors_total{place="span_export"}``
-    and in the handle's :class:`ExportReport`.
+    and in the handle's [`ExportReport`][rtguard.telemetry.ExportReport].
 
     The providers do not flush at interpreter exit on their own (that waits up to 30 s on a
-    dead endpoint); the handle does, bounded by ``DEFAULT_SHUTDOWN_TIMEOUT``, unless the app
-    calls :meth:`OtlpExport.shutdown` first.
+    dead endpoint); the handle does, bounded by ``DEFAULT_SHUTDOWN_TIMEOUT`` (5 s), unless
+    the app calls [`OtlpExport.shutdown`][rtguard.telemetry.OtlpExport.shutdown] first.
+
+    Args:
+        service_name: the ``service.name`` resource attribute (``OTEL_SERVICE_NAME`` wins).
+        exporter: where spans go, in place of the OTLP exporter the variables describe.
+        log_exporter: where the session events (log records) go, in place of OTLP.
+        metrics: where export failures are counted; by default the process-wide metrics.
+
+    Returns:
+        The handle to shut export down with, and to read what reached the endpoint.
     """
     named = Resource.create({"service.name": service_name} if service_name else {})
     resource = named.merge(OTELResourceDetector().detect())
@@ -93,6 +102,7 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
+        """Nothing was lost: no failed export, and shutdown did not give up waiting."""
         return self.failed == 0 and not self.timed_out
 
     def __str__(self) -> str:
@@ -106,7 +116,8 @@ class ExportReport:
 
 
 class OtlpExport:
-    """The providers :func:`configure` installed, and the one bounded way to stop them."""
+    """The providers [`configure`][rtguard.telemetry.configure] installed, and the one
+    bounded way to stop them."""
 
     def __init__(
         self,
@@ -115,13 +126,16 @@ class OtlpExport:
         counter: _ExportCounter,
     ) -> None:
         self.tracer_provider = tracer_provider
+        """The SDK tracer provider, made global."""
         self.logger_provider = logger_provider
+        """The SDK logger provider for the session events, made global; None with
+        ``OTEL_LOGS_EXPORTER=none``."""
         self._counter = counter
         self._report: ExportReport | None = None
 
     @property
     def report(self) -> ExportReport:
-        """The counts so far (final once :meth:`shutdown` returned)."""
+        """The counts so far (final once ``shutdown`` returned)."""
         return self._report or self._counter.report(timed_out=False)
 
     def shutdown(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ExportReport:
@@ -283,6 +297,18 @@ def start_metrics_server(
 
     Binds 127.0.0.1 unless told otherwise. With ``PROMETHEUS_MULTIPROC_DIR`` set, it serves
     the samples of every worker process (prometheus_client's multiprocess mode).
+
+    Args:
+        port: the TCP port; 9464 is the OpenTelemetry convention for Prometheus exporters.
+        addr: the address to bind; ``"0.0.0.0"`` for a scraper on another host.
+        registry: what to serve; by default the process-wide registry, which
+            ``Telemetry.default()`` uses (ignored in multiprocess mode).
+
+    Returns:
+        The HTTP server (``shutdown()`` stops it) and the daemon thread serving it.
+
+    Raises:
+        OSError: the port is in use, or the address cannot be bound.
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
