@@ -708,6 +708,17 @@ async def test_drop_connection_after_fires_once() -> None:
     assert list(sim.calls) == ["call_sim1_0", "call_sim2_1"]
 
 
+async def test_end_script_issues_no_more_calls() -> None:
+    async with conforming(Scenario(calls=calls(5), rate=20)) as sim, client(sim.url) as peer:
+        call = await peer.next_call()
+        sim.end_script()
+        await peer.answer(call["call_id"])
+        issued = len(sim.calls)
+        await asyncio.sleep(0.3)  # six intervals of the rate
+        assert len(sim.calls) == issued < 5
+        assert sim.next_call == 5
+
+
 async def test_end_after_closes_normally_and_the_next_connection_carries_on() -> None:
     scenario = Scenario(calls=calls(2), faults=Faults(end_after=0))
     async with conforming(scenario) as sim:

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import heapq
 import itertools
 import json
 import re
@@ -54,6 +55,8 @@ _CHUNK_BYTES = 960
 _CHUNKS_PER_WORD = 15
 _SPOKEN = re.findall(r"\S+\s*", "Let me check that for you. Here is what I found. " + _REPLY + " ")
 _STAMP = struct.Struct("<d")
+_TICK = 0.001  # the metronome's shortest interval
+_BACKLOG_BYTES = 64 * 1024  # unread by the client: its audio waits
 _ARGUMENT_CHUNK = 16  # characters of arguments per function_call_arguments.delta
 _MIN_COMMIT_MS = 100
 _RATE_LIMIT_TOKENS = 15_000_000
@@ -180,6 +183,7 @@ class Simulator:
         self.audio_late_ms: Counter[int] = Counter()
         """Spoken answers: how many 20 ms chunks went out how many whole milliseconds behind
         their real-time schedule."""
+        self._paced: _Metronome | None = None
         self._script = asyncio.Lock()  # one connection at a time takes the script's next calls
         self._session_updates_seen = 0
         self._fired: set[tuple[str, int]] = set()
@@ -231,6 +235,10 @@ class Simulator:
 
     # --- what tests and the CLI ask -----------------------------------------------------
 
+    def end_script(self) -> None:
+        """Issue no more calls: the script ends here (responses under way finish)."""
+        self.next_call = max(self.next_call, len(self.scenario.calls))
+
     def unanswered(self) -> list[CallRecord]:
         """The calls without an accepted output in the conversation that continues."""
         return [c for c in self.calls.values() if not c.outputs]
@@ -276,6 +284,11 @@ class Simulator:
             return False
         self._fired.add((fault, index))
         return True
+
+    def _metronome(self) -> _Metronome:
+        if self._paced is None:
+            self._paced = _Metronome(self.audio_late_ms)
+        return self._paced
 
     def _count_session_update(self) -> int:
         """The 0-based position of a session.update over the whole simulator."""
@@ -331,6 +344,101 @@ class _Placed:
     @property
     def where(self) -> dict[str, Any]:
         return {"response_id": self.response_id, "output_index": self.output_index}
+
+
+class _Speech:
+    """A spoken answer in progress: its next chunk, when it is due, and when to send it."""
+
+    def __init__(
+        self, connection: _Connection, response: _Response, part: dict[str, Any], chunks: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.connection, self.response, self.chunks = connection, response, chunks
+        self.stamp = connection.scenario.stamp_audio
+        # Fifty a second per connection: only the event id and the audio change between them.
+        self.audio = json.dumps({"type": "response.output_audio.delta", **part})[:-1]
+        self.words = json.dumps({"type": "response.output_audio_transcript.delta", **part})[:-1]
+        self.pcm = bytearray(_CHUNK_BYTES)
+        self.silence = base64.b64encode(self.pcm).decode("ascii")
+        self.sent, self.said = 0, ""
+        self.start = self.send_at = loop.time()
+        self.done: asyncio.Future[tuple[str, bool]] = loop.create_future()
+
+    def step(self, late_ms: Counter[int]) -> bool:
+        """Send the chunk due (with its transcript word, every 15th); whether more follow."""
+        if self.done.done():  # the connection's task was cancelled: the connection ended
+            return False
+        if self.response.cancelled:
+            self.done.set_result((self.said, False))
+            return False
+        connection = self.connection
+        if connection.backed_up:
+            self.send_at += _TICK
+            return True
+        frames, k = [], self.sent
+        if k % _CHUNKS_PER_WORD == 0:
+            word = _SPOKEN[k // _CHUNKS_PER_WORD % len(_SPOKEN)]
+            event_id = connection.new_id("event")
+            frames.append(f'{self.words}, "event_id": "{event_id}", "delta": "{word}"}}')
+            self.said += word
+        now = time.monotonic()
+        delta = self.silence
+        if self.stamp:
+            _STAMP.pack_into(self.pcm, 0, now)
+            delta = base64.b64encode(self.pcm).decode("ascii")
+        event_id = connection.new_id("event")
+        frames.append(f'{self.audio}, "event_id": "{event_id}", "delta": "{delta}"}}')
+        try:
+            connection.send_now(frames)
+        except _Dropped as dropped:
+            self.done.set_exception(dropped)
+            return False
+        due = self.start + k * _CHUNK_SECONDS
+        late_ms[int(max(0.0, now - due) * 1000)] += 1
+        self.sent = k + 1
+        if self.sent == self.chunks:
+            self.done.set_result((self.said, True))
+            return False
+        self.send_at = max(self.send_at, due + _CHUNK_SECONDS)
+        return True
+
+
+class _Metronome:
+    """Sends the chunks of every answer being spoken on the simulator, each on its own
+    real-time schedule, from one timer that ticks at most every millisecond however many
+    connections speak: a task waking for every chunk, fifty a second per connection, would
+    cost the simulator more than the client it serves."""
+
+    def __init__(self, late_ms: Counter[int]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.late_ms = late_ms  # chunks by whole milliseconds behind their schedule
+        self._due: list[tuple[float, int, _Speech]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._ticked = 0.0
+
+    def add(self, speech: _Speech) -> None:
+        heapq.heappush(self._due, (speech.send_at, next(self._order), speech))
+        self._arm()
+
+    def _arm(self) -> None:
+        when = max(self._due[0][0], self._ticked + _TICK)
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self._ticked = self._loop.time()
+        due, late_ms = self._due, self.late_ms
+        while due and due[0][0] <= now:
+            speech = heapq.heappop(due)[2]
+            if speech.step(late_ms):
+                heapq.heappush(due, (speech.send_at, next(self._order), speech))
+        if due:
+            self._arm()
 
 
 class _Connection:
@@ -726,31 +834,30 @@ class _Connection:
         return said, True
 
     async def speak(self, response: _Response, part: dict[str, Any]) -> tuple[str, bool]:
-        """``speak_seconds`` of audio at real-time pace, a chunk every 20 ms on a fixed
-        schedule, with its transcript; returns what was said and whether to the end (a cancel
-        stops it at the next chunk)."""
-        sim, stamp = self.sim, self.scenario.stamp_audio
-        loop = asyncio.get_running_loop()
-        pcm = bytearray(_CHUNK_BYTES)
-        delta = base64.b64encode(pcm).decode("ascii")
-        said, start = "", loop.time()
-        for k in range(max(1, round(self.scenario.speak_seconds / _CHUNK_SECONDS))):
-            due = start + k * _CHUNK_SECONDS
-            if (wait := due - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            if response.cancelled:
-                return said, False
-            sim.audio_late_ms[int(max(0.0, loop.time() - due) * 1000)] += 1
-            if k % _CHUNKS_PER_WORD == 0:
-                word = _SPOKEN[k // _CHUNKS_PER_WORD % len(_SPOKEN)]
-                kind = "response.output_audio_transcript.delta"
-                await self.send({"type": kind, **part, "delta": word})
-                said += word
-            if stamp:
-                _STAMP.pack_into(pcm, 0, time.monotonic())
-                delta = base64.b64encode(pcm).decode("ascii")
-            await self.send({"type": "response.output_audio.delta", **part, "delta": delta})
-        return said, True
+        """``speak_seconds`` of audio at real-time pace with its transcript, sent by the
+        simulator's metronome; returns what was said and whether to the end (a cancel stops
+        it at the next chunk)."""
+        chunks = max(1, round(self.scenario.speak_seconds / _CHUNK_SECONDS))
+        speech = _Speech(self, response, part, chunks)
+        self.sim._metronome().add(speech)
+        return await speech.done
+
+    def send_now(self, texts: list[str]) -> None:
+        """Send frames at once, in one write, from outside a coroutine (the metronome)."""
+        ws = self.ws
+        if self.cut_off or ws.state is not State.OPEN:
+            raise _Dropped
+        for text in texts:
+            ws.protocol.send_text(text.encode())
+        for data in ws.protocol.data_to_send():
+            ws.transport.write(data)
+        if self.sim.record_frames:
+            self.sim.frames_sent.extend(texts)
+
+    @property
+    def backed_up(self) -> bool:
+        """The client has not read what was sent: audio waits, as it must on a real server."""
+        return self.ws.transport.get_write_buffer_size() > _BACKLOG_BYTES
 
     # --- what the client sends ----------------------------------------------------------
 
