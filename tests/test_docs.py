@@ -38,8 +38,8 @@ TELEMETRY = (DOCS / "guide" / "telemetry.md").read_text()
 PUBLIC_MODULES = (rtguard, rtguard.simulator, rtguard.telemetry)
 # Python examples that are whole programs: each one runs, and prints what it promises.
 RUNNABLE = {
-    "README.md": "the model has its output (success)",
-    "docs/quickstart.md": "the model has its output (invalid_arguments)",
+    "README.md": "output delivered (success)",
+    "docs/quickstart.md": "output delivered (invalid_arguments)",
     "docs/guide/simulator.md": "2 connections, 6 calls issued",
 }
 

@@ -68,7 +68,9 @@ class ToolCallReceived:
 
 @dataclass(frozen=True, slots=True)
 class ToolApprovalRequested:
-    """Answer with ``session.approve(call_id)`` or ``session.reject(call_id, message)``."""
+    """The call waits for the app's approval (its tool's ``needs_approval`` asked for it),
+    with ``arguments`` validated. Answer with ``session.approve(call_id)`` or
+    ``session.reject(call_id, message)``."""
 
     call_id: str
     tool_name: str
