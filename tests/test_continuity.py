@@ -369,3 +369,27 @@ def summary(item: dict[str, Any]) -> tuple[str, str, str]:
         return "message", item["role"], text
     value = item["arguments"] if item["type"] == "function_call" else item["output"]
     return item["type"], item["call_id"], value
+
+
+async def test_a_connector_raising_cancelled_error_is_a_failed_attempt() -> None:
+    """The connector is the app's code: even a CancelledError of its own (it awaited work
+    someone else cancelled) is a failed attempt, not the end of reconnecting."""
+    RUNS.clear()
+    scenario = Scenario(calls=calls("slow"), faults=Faults(drop_connection_after=frozenset({0})))
+    async with Simulator(scenario, record_frames=True) as sim:
+        opened = 0
+
+        async def connector() -> Transport:
+            nonlocal opened
+            opened += 1
+            if opened > 1:
+                raise asyncio.CancelledError
+            return await WebSocketTransport.connect(sim.url, {})
+
+        policy = ReconnectPolicy(max_attempts=2, initial_backoff=0.02, max_backoff=0.05)
+        events, _ = await session_against(sim, connector, SessionConfig(reconnect=policy))
+    assert [e.attempt for e in events if isinstance(e, Reconnecting)] == [1, 2]
+    end = events[-1]
+    assert isinstance(end, SessionClosed)
+    assert end.reason == "reconnect_failed"
+    assert "CancelledError" in str(end.error)

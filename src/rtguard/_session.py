@@ -27,7 +27,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from ._agent import Agent
-from ._boundary import safe_str, type_name
+from ._boundary import Raised, call_user, safe_str, type_name
 from ._config import SessionConfig
 from ._core import Connect, CoreState, Disconnect, Job, LinkAction, SessionCore
 from ._errors import ConfigurationError, ConnectionLostError, SessionClosedError
@@ -291,9 +291,15 @@ class RealtimeSession:
         assert policy is not None
         try:
             async with asyncio.timeout(policy.connect_timeout):
-                transport = await self._connector()
-        except Exception as exc:  # the connector is the app's: anything may come out
-            lost = exc if isinstance(exc, ConnectionLostError) else _lost(exc)
+                # The connector is the app's code: whatever it raises is a failed attempt.
+                transport = await call_user(self._connector)
+        except TimeoutError as exc:
+            transport = Raised(exc)
+        if isinstance(transport, Raised):
+            error = transport.error
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                raise error  # Python's own "stop now" is never an attempt that failed
+            lost = error if isinstance(error, ConnectionLostError) else _lost(error)
             self._feed(self._core.connect_failed, lost)
             return
         if self._core.state is CoreState.CLOSED:  # closed while this attempt was under way
