@@ -23,7 +23,10 @@ class EventQueue:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._items: deque[SessionEvent | RaiseToApp] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        # One future per waiting consumer, all woken by an event: a consumer cancelled while
+        # it waits cancels only its own, and one woken then cancelled leaves the event to
+        # the others.
+        self._waiters: list[asyncio.Future[None]] = []
         self._dropped = 0
         self._ended = False
 
@@ -52,15 +55,18 @@ class EventQueue:
         while not self._items:
             if self._ended:
                 raise StopAsyncIteration
-            if self._waiter is None or self._waiter.done():
-                self._waiter = asyncio.get_running_loop().create_future()
-            # Shared by concurrent consumers; one of them being cancelled must not wake none.
-            await asyncio.shield(self._waiter)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
         item = self._items.popleft()
         if isinstance(item, RaiseToApp):
             raise item.error
         return item
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
