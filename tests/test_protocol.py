@@ -165,6 +165,20 @@ def test_malformed_frames_raise_protocol_errors(raw: str | bytes, reason: str) -
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"type": "x.y", "n": NaN}', '{"type": "x.y", "s": "\\ud800"}'],  # orjson refuses these
+)
+def test_frames_are_read_as_the_standard_library_reads_them(text: str) -> None:
+    event = parse_server_event(text)
+    assert repr(event.data) == repr(json.loads(text))
+
+
+def test_values_orjson_cannot_write_are_written_by_json() -> None:
+    event = {"type": "x", "n": 2**70, "keys": {1: "a"}}
+    assert json.loads(encode(event)) == {"type": "x", "n": 2**70, "keys": {"1": "a"}}
+
+
 def test_client_events() -> None:
     ids = event_ids()
     assert [next(ids), next(ids)] == ["evt_rtg_1", "evt_rtg_2"]

@@ -355,20 +355,27 @@ class SessionCore:
         else:
             self._retry_connection(now)
 
-    def receive_frame(self, frame: str | bytes, now: float) -> None:
+    def receive_frame(self, frame: str | bytes, now: float) -> bool:
+        """A server frame. Returns whether rtguard acted on it; if not (an audio or
+        transcript delta, fifty a second while the model speaks, or a frame it skipped) only
+        events came out of it, and nothing else needs draining."""
         if self.state is CoreState.CLOSED or not self._has_connection:
-            return
+            return False
         try:
             event = protocol.parse_server_event(frame)
         except ProtocolError as exc:
             logger.warning("skipped a server event: %s", exc)
             self._emit(ProtocolErrorEvent(exc.reason, exc.detail))
-            return
+            return False
         self._emit(event)
         handler = self._handlers.get(type(event))
-        if handler is not None:
-            handler(event, now)  # type: ignore[operator]
+        if handler is None:
+            # It changed nothing, so nothing follows from it: every input that changes the
+            # state ends with _after_input, which derives only from the state.
+            return False
+        handler(event, now)  # type: ignore[operator]
         self._after_input(now)
+        return True
 
     def frame_written(self, frame: Frame, now: float) -> None:
         if self.state is CoreState.CLOSED:

@@ -9,11 +9,11 @@ format is testable in microseconds and the transport stays a thin pump.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _json
 from ._errors import ProtocolError
 
 __all__ = [
@@ -163,7 +163,7 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
         except UnicodeDecodeError as exc:
             raise ProtocolError("invalid_utf8", str(exc)) from None
     try:
-        data = json.loads(frame)
+        data = _json.loads(frame)
     except ValueError as exc:
         raise ProtocolError("invalid_json", str(exc)) from None
     if not isinstance(data, dict):
@@ -365,4 +365,4 @@ def build_audio_commit(event_id: str) -> dict[str, Any]:
 
 
 def encode(event: Mapping[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return _json.dumps(event)

@@ -44,6 +44,7 @@ from ._events import (
 from ._execution import run_job
 from ._failures import redact
 from ._ledger import CallLedger
+from ._protocol import ServerEvent
 from ._transport import Connector, Transport, WebSocketTransport
 from .telemetry import SessionTelemetry, Telemetry
 
@@ -102,6 +103,7 @@ class RealtimeSession:
         self._transport: Transport | None = None
         self._core = SessionCore(agent, self.config)
         self._telemetry: SessionTelemetry = (telemetry or Telemetry.default()).session(self)
+        self._observes_plain = self._telemetry.observes(ServerEvent)
         self._events = EventQueue(self.config.max_queued_events)
         self._writes: dict[str, asyncio.Future[None]] = {}  # app frames whose caller waits
         self._jobs: set[asyncio.Task[None]] = set()
@@ -317,7 +319,15 @@ class RealtimeSession:
                 lost = exc if isinstance(exc, ConnectionLostError) else _lost(exc)
                 self._feed(core.connection_lost, lost)
                 return
-            self._feed(core.receive_frame, frame)
+            try:
+                acted = core.receive_frame(frame, self._now())
+            except Exception as exc:  # a bug in rtguard must not stop the session
+                core.report_swallowed("dispatch", exc)
+                acted = True
+            if acted:
+                self._drain()
+            else:  # only events came out (most frames: audio and transcript deltas)
+                self._drain_events()
 
     async def _write(self, transport: Transport) -> None:
         core = self._core
@@ -353,13 +363,7 @@ class RealtimeSession:
 
     def _drain(self) -> None:
         core = self._core
-        while (event := core.next_event()) is not None:
-            if isinstance(event, SessionClosed):
-                self._end(event)
-            elif isinstance(event, AppFrameDone):
-                self._frame_done(event)
-            else:
-                self._deliver(event)
+        self._drain_events()
         while (action := core.next_link_action()) is not None:
             self._carry_out(action)
         while (job := core.next_job()) is not None:
@@ -367,6 +371,24 @@ class RealtimeSession:
         if core.has_frames:
             self._frames_ready.set()
         self._arm_timer(core.next_deadline())
+
+    def _drain_events(self) -> None:
+        core = self._core
+        while (event := core.next_event()) is not None:
+            if type(event) is ServerEvent:  # a frame rtguard passes on: audio, transcripts
+                self._pass_on(event)
+            elif isinstance(event, SessionClosed):
+                self._end(event)
+            elif isinstance(event, AppFrameDone):
+                self._frame_done(event)
+            else:
+                self._deliver(event)
+
+    def _pass_on(self, event: ServerEvent) -> None:
+        if self._observes_plain:
+            self._observe(event)
+        if not self._events.put(event):
+            self._observe(EventsDropped(1))
 
     def _deliver(self, event: SessionEvent | RaiseToApp) -> None:
         if not isinstance(event, RaiseToApp):

@@ -250,6 +250,11 @@ class SessionTelemetry:
         if handler is not None:
             handler(event)
 
+    def observes(self, event_type: type) -> bool:
+        """Whether :meth:`observe` does anything with events of exactly this type (the
+        session passes the frames nobody observes straight to the app)."""
+        return event_type in self._handlers
+
     def call_context(self, call_id: str) -> otel_context.Context | None:
         """The context with the call's execute_tool span current, for the tool to run in, so
         spans the tool creates nest under it."""
