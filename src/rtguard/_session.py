@@ -178,7 +178,6 @@ class RealtimeSession:
             raise
         self._ended = asyncio.get_running_loop().create_future()
         self._attach(transport)
-        self._feed(self._core.connected)
 
     async def _open_websocket(self) -> Transport:
         if self._url == DEFAULT_URL and not self.__api_key:
@@ -260,13 +259,20 @@ class RealtimeSession:
     # --- the inputs: frames in, frames out, the timer, connections -------------------------
 
     def _attach(self, transport: Transport) -> None:
-        """Start reading and writing a connection that just opened."""
+        """A connection just opened: tell the core, then write and read. A
+        WebSocketTransport hands its frames over as they arrive (those that came before
+        now); any other transport gets a reader task."""
         loop = asyncio.get_running_loop()
         self._transport = transport
-        self._link = [
-            loop.create_task(self._read(transport), name="rtguard-read"),
-            loop.create_task(self._write(transport), name="rtguard-write"),
-        ]
+        self._link = [loop.create_task(self._write(transport), name="rtguard-write")]
+        self._feed(self._core.connected)
+        if self._transport is not transport:
+            return  # dropped at once
+        pushed = isinstance(transport, WebSocketTransport) and transport.deliver_to(
+            self._pushed, self._read_failed
+        )
+        if not pushed:
+            self._link.append(loop.create_task(self._read(transport), name="rtguard-read"))
 
     def _detach(self) -> None:
         """Stop using the connection (the core is done with it) and close it meanwhile."""
@@ -274,6 +280,8 @@ class RealtimeSession:
         for task in link:
             task.cancel()
         transport, self._transport = self._transport, None
+        if isinstance(transport, WebSocketTransport):
+            transport.deliver_to(None)  # from here on, what arrives is discarded
         if transport is not None:
             task = asyncio.get_running_loop().create_task(self._drop(transport, link))
             self._dropped.add(task)
@@ -308,26 +316,40 @@ class RealtimeSession:
             await _close(transport)
             return
         self._attach(transport)
-        self._feed(self._core.connected)
 
     async def _read(self, transport: Transport) -> None:
-        core = self._core
         while True:
             try:
                 frame = await transport.recv()
             except Exception as exc:  # a transport may raise something of its own once broken
-                lost = exc if isinstance(exc, ConnectionLostError) else _lost(exc)
-                self._feed(core.connection_lost, lost)
+                self._read_failed(exc)
                 return
-            try:
-                acted = core.receive_frame(frame, self._now())
-            except Exception as exc:  # a bug in rtguard must not stop the session
-                core.report_swallowed("dispatch", exc)
-                acted = True
-            if acted:
-                self._drain()
-            else:  # only events came out (most frames: audio and transcript deltas)
-                self._drain_events()
+            self._received(frame)
+
+    def _pushed(self, frame: str | bytes) -> None:
+        """A frame the WebSocket handed over from its ``data_received`` callback, where
+        nothing may be raised."""
+        try:
+            self._received(frame)
+        except Exception as exc:
+            logger.error("handling a server frame failed: %s", _describe(exc))
+
+    def _received(self, frame: str | bytes) -> None:
+        core = self._core
+        try:
+            acted = core.receive_frame(frame, self._now())
+        except Exception as exc:  # a bug in rtguard must not stop the session
+            core.report_swallowed("dispatch", exc)
+            acted = True
+        if acted:
+            self._drain()
+        else:  # only events came out (most frames: audio and transcript deltas)
+            self._drain_events()
+
+    def _read_failed(self, error: Exception) -> None:
+        """The connection ended, or reading from it failed for good."""
+        lost = error if isinstance(error, ConnectionLostError) else _lost(error)
+        self._feed(self._core.connection_lost, lost)
 
     async def _write(self, transport: Transport) -> None:
         core = self._core
@@ -483,6 +505,9 @@ async def _close(transport: Transport) -> Exception | None:
     """Close a connection nobody reads any more, discarding what still arrives meanwhile: a
     peer whose frames back up unread (a WebSocket stops reading past its queue limit) would
     never get to answer our close. Returns the error closing raised, if any."""
+
+    if isinstance(transport, WebSocketTransport):
+        transport.deliver_to(None)  # it discards what arrives itself
 
     async def discard() -> None:
         with contextlib.suppress(Exception):

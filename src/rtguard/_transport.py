@@ -8,15 +8,23 @@ is treated as transient and retried.
 
 A session opens its connections with a :data:`Connector`, an async callable returning a new
 open transport, so that it can open another one when a connection is lost.
+
+The WebSocket transport can also hand each message to the session as soon as websockets has
+parsed it, from the event loop's ``data_received`` callback (:meth:`WebSocketTransport.\
+deliver_to`), as aioquic's protocol hands its events on: no reader task to wake and no queue
+in between, for each of the fifty audio chunks a second a speaking model sends.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import DATA_OPCODES, OP_TEXT, Frame
+from websockets.protocol import Event
 
 from ._errors import ConnectionLostError
 from ._failures import redacting_logger
@@ -65,6 +73,71 @@ raises) and for each one after a loss, where each attempt is bounded by
 ``ReconnectPolicy.connect_timeout`` and anything it raises counts as a failed attempt."""
 
 
+# What a connection opened by WebSocketTransport.connect does with each message.
+_HOLD = 0  # keep it (until deliver_to or recv takes over)
+_PULL = 1  # websockets' own queue, for recv(), with its flow control
+_PUSH = 2  # hand it to the receiver at once
+_DISCARD = 3  # drop it: the session is done with this connection
+_HELD_MESSAGES = 16  # held at most (websockets' queue size) before recv() is assumed
+
+
+class _Connection(ClientConnection):
+    """websockets' client connection, able to hand each message to a callback as it is parsed.
+
+    Until the session takes over (``deliver_to``, or the first ``recv()``), messages are held:
+    the server speaks as soon as the handshake is done, before anyone reads.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mode = _HOLD
+        self.held: deque[Frame] = deque()  # whole messages, one frame each
+        self.receiver: Callable[[Frame], None] = _ignore
+        self.ended: Callable[[], None] = _nothing
+        self._parts: list[Frame] = []  # a fragmented message so far
+
+    def process_event(self, event: Event) -> None:
+        if not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:
+            super().process_event(event)  # control frames: pongs for the keepalive
+            return
+        if self.mode == _PULL and not self._parts:
+            super().process_event(event)
+            return
+        if self._parts or not event.fin:
+            self._parts.append(event)
+            if not event.fin:
+                return
+            parts, self._parts = self._parts, []
+            event = Frame(parts[0].opcode, b"".join(part.data for part in parts))
+        if self.mode == _PUSH:
+            self.receiver(event)
+        elif self.mode == _HOLD:
+            self.held.append(event)
+            if len(self.held) >= _HELD_MESSAGES:
+                self.mode = _PULL  # nobody took over yet: websockets queues and paces reading
+        elif self.mode == _PULL:
+            super().process_event(event)  # a message begun while held
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.mode == _PUSH:
+            self.mode = _DISCARD
+            self.ended()
+
+
+def _ignore(frame: Frame) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
+def _payload(frame: Frame) -> str | bytes:
+    """A text message as text (UnicodeDecodeError if it is not UTF-8), a binary one as bytes."""
+    return str(frame.data, "utf-8") if frame.opcode is OP_TEXT else bytes(frame.data)
+
+
 class WebSocketTransport:
     """A client WebSocket (the ``websockets`` package) to a Realtime endpoint.
 
@@ -100,6 +173,7 @@ class WebSocketTransport:
                 open_timeout=open_timeout,
                 compression=None,
                 logger=redacting_logger("websockets.client"),
+                create_connection=_Connection,
             )
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             # Not `raise ... from exc`'s message: handshake errors can echo request headers.
@@ -125,10 +199,60 @@ class WebSocketTransport:
     async def recv(self) -> str | bytes:
         """The next message; a closed connection raises ``ConnectionLostError`` with the
         close code and reason the server sent (None and "" without a close frame)."""
+        connection = self._connection
+        if isinstance(connection, _Connection):
+            if connection.mode == _HOLD:
+                connection.mode = _PULL
+            if connection.held:
+                return _payload(connection.held.popleft())
         try:
-            return await self._connection.recv()
+            return await connection.recv()
         except websockets.ConnectionClosed as exc:
             raise _closed(exc) from exc
+
+    def deliver_to(
+        self,
+        receiver: Callable[[str | bytes], None] | None,
+        ended: Callable[[Exception], None] | None = None,
+    ) -> bool:
+        """Hand each message to ``receiver`` as soon as it is parsed, in order, from the
+        event loop's ``data_received`` callback, instead of ``recv()``; the end of the
+        connection goes to ``ended`` once (a ``ConnectionLostError``, or the error decoding a
+        message raised). Neither may raise. ``receiver`` None stops the delivery: what
+        arrives later is discarded, so that a close handshake is never held up unread.
+
+        Returns False (use ``recv()``) if this transport cannot: it wraps a connection it did
+        not open, or ``recv()`` was called first.
+        """
+        connection = self._connection
+        if not isinstance(connection, _Connection):
+            return False
+        if receiver is None:
+            connection.mode = _DISCARD
+            connection.receiver, connection.ended = _ignore, _nothing
+            return True
+        if connection.mode != _HOLD or ended is None:
+            return False
+
+        def push(frame: Frame) -> None:
+            try:
+                message = _payload(frame)
+            except UnicodeDecodeError as exc:  # what recv() would have raised
+                connection.mode = _DISCARD
+                ended(exc)
+                return
+            receiver(message)
+
+        def closed() -> None:
+            ended(_closed(connection.protocol.close_exc))
+
+        connection.mode, connection.receiver, connection.ended = _PUSH, push, closed
+        while connection.held and connection.mode == _PUSH:
+            push(connection.held.popleft())
+        if connection.mode == _PUSH and connection.state is websockets.State.CLOSED:
+            connection.mode = _DISCARD  # it ended before the session took over
+            closed()
+        return True
 
     async def close(self) -> None:
         """Close the WebSocket with a normal close handshake."""
