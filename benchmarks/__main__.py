@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import completion, latency, memory, profiles, telemetry_cost, throughput
+from . import completion, latency, memory, profiles, telemetry_cost, throughput, voice
 from .clients import quiet_logs
 from .report import Results, environment, render
 from .simserver import SimulatorProcess
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, Runner]] = {
     "telemetry": ("telemetry", telemetry_cost.run),
     "memory": ("memory", memory.run),
     "profile": ("profiles", profiles.run),
+    "voice": ("voice", voice.run),
 }
 
 

@@ -10,13 +10,14 @@ received and how it got it. Both libraries get the same tools under the same nam
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,15 +25,18 @@ import websockets
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CollectorRegistry
 
 import rtguard
 from rtguard import (
     Agent,
     CallIncomplete,
+    EventsDropped,
     OutputAcknowledged,
     OutputSendFailed,
     RealtimeSession,
+    ServerEvent,
     SessionConfig,
     ToolFailed,
     Transport,
@@ -52,9 +56,14 @@ __all__ = [
     "RtguardClient",
     "TelemetrySetup",
     "quiet_logs",
+    "rtguard_agent",
+    "sdk_agent",
     "telemetry_setup",
 ]
 
+AUDIO_DELTA = "response.output_audio.delta"
+# What a voice app does with each audio chunk (the PCM bytes): play it; a benchmark reads it.
+AudioSink = Callable[[bytes], None]
 TOOL_TIMEOUT = 0.05  # seconds, for the timeout scenarios (the tools sleep far longer)
 SLOW_TOOL_SLEEP = 5.0
 # Every exception a benchmark tool, handoff or injected send failure raised, in order: the
@@ -87,6 +96,7 @@ class BenchClient(Protocol):
     delivered: int
     received: list[ReceivedError]
     server_errors: list[str]
+    dropped: int
 
     async def open(self, url: str) -> None: ...
 
@@ -166,11 +176,17 @@ class TelemetrySetup:
 
 
 def telemetry_setup(kind: str, otlp_endpoint: str | None = None) -> TelemetrySetup:
-    """``off``: Telemetry.disabled(). ``spans+metrics``: an SDK TracerProvider with a
-    BatchSpanProcessor (exporter without I/O) and metrics in a private registry. ``otlp``: the
-    same with the OTLP/gRPC exporter to ``otlp_endpoint``."""
+    """``off``: Telemetry.disabled(). ``metrics``: metrics in a private registry, no spans.
+    ``spans+metrics``: an SDK TracerProvider with a BatchSpanProcessor (exporter without I/O)
+    and metrics in a private registry. ``otlp``: the same with the OTLP/gRPC exporter to
+    ``otlp_endpoint``."""
     if kind == "off":
         return TelemetrySetup(kind, Telemetry.disabled())
+    if kind == "metrics":
+        registry = CollectorRegistry()
+        metrics = RtguardMetrics(registry)
+        telemetry = Telemetry(tracer_provider=NoOpTracerProvider(), metrics=metrics)
+        return TelemetrySetup(kind, telemetry, registry=registry)
     provider = TracerProvider(resource=Resource.create({"service.name": "rtguard-bench"}))
     ended = _EndedSpans()
     provider.add_span_processor(ended)
@@ -280,6 +296,7 @@ class _SessionClient:
         self._target = _Target()
         self.received: list[ReceivedError] = []
         self.server_errors: list[str] = []
+        self.dropped = 0  # events the library dropped because the app fell behind
         self._session: Any = None
         self._consumer: asyncio.Task[None] | None = None
 
@@ -309,12 +326,14 @@ class RtguardClient(_SessionClient):
         config: SessionConfig | None = None,
         fail_first_send: bool = False,
         agent: Agent | None = None,
+        audio: AudioSink | None = None,
     ) -> None:
         super().__init__(label)
         self._telemetry = telemetry
         self._config = config
         self._fail_first_send = fail_first_send
         self._agent = agent or rtguard_agent()
+        self._audio = audio
 
     async def open(self, url: str) -> None:
         async def connector() -> Transport:
@@ -334,11 +353,15 @@ class RtguardClient(_SessionClient):
     async def _consume(self) -> None:
         assert self._session is not None
         acknowledged, bump = OutputAcknowledged, self._target.bump
+        audio, b64decode = self._audio, base64.b64decode
         while True:
             try:
                 async for event in self._session:
                     kind = type(event)
-                    if kind is acknowledged:
+                    if kind is ServerEvent:
+                        if audio is not None and event.type == AUDIO_DELTA:
+                            audio(b64decode(event.data["delta"]))
+                    elif kind is acknowledged:
                         bump()
                     elif kind is ToolFailed or kind is OutputSendFailed:
                         self.received.append(ReceivedError(kind.__name__, event.error))
@@ -346,6 +369,8 @@ class RtguardClient(_SessionClient):
                         self.received.append(ReceivedError(kind.__name__, event.last_error))
                     elif kind is rtguard.ServerError:
                         self.server_errors.append(f"{event.code}: {event.message}")
+                    elif kind is EventsDropped:
+                        self.dropped += event.count
                 return
             except Exception as exc:  # on_tool_error="raise": iterate again to continue
                 self.received.append(ReceivedError("raised from the iterator", exc))
@@ -373,7 +398,7 @@ class _FailFirstOutputConnection:
         return getattr(self._inner, name)
 
 
-def _sdk_agent() -> Any:
+def sdk_agent() -> Any:
     """The same tools as rtguard_agent(), built with the SDK's own decorators."""
     from agents import function_tool as sdk_function_tool
     from agents.realtime import RealtimeAgent, realtime_handoff
@@ -419,11 +444,17 @@ class AgentsSdkClient(_SessionClient):
     the app counts ``tool_end`` events (emitted after the output was sent)."""
 
     def __init__(
-        self, *, label: str = "openai-agents", fail_first_send: bool = False, agent: Any = None
+        self,
+        *,
+        label: str = "openai-agents",
+        fail_first_send: bool = False,
+        agent: Any = None,
+        audio: AudioSink | None = None,
     ) -> None:
         super().__init__(label)
         self._fail_first_send = fail_first_send
         self._agent = agent
+        self._audio = audio
 
     async def open(self, url: str) -> None:
         from agents import set_tracing_disabled
@@ -442,7 +473,7 @@ class AgentsSdkClient(_SessionClient):
 
         model = FailingModel() if self._fail_first_send else OpenAIRealtimeWebSocketModel()
         runner = RealtimeRunner(
-            self._agent or _sdk_agent(),
+            self._agent or sdk_agent(),
             model=model,
             config={"async_tool_calls": True, "tracing_disabled": True},
         )
@@ -453,11 +484,14 @@ class AgentsSdkClient(_SessionClient):
         self._consumer = asyncio.create_task(self._consume())
 
     async def _consume(self) -> None:
-        bump = self._target.bump
+        bump, audio = self._target.bump, self._audio
         try:
             async for event in self._session:
                 kind = event.type
-                if kind == "tool_end":
+                if kind == "audio":
+                    if audio is not None:
+                        audio(event.audio.data)
+                elif kind == "tool_end":
                     bump()
                 elif kind == "error":
                     error = event.error
@@ -483,10 +517,12 @@ class RawClient:
 
     label = "raw WebSocket client"
 
-    def __init__(self) -> None:
+    def __init__(self, audio: AudioSink | None = None) -> None:
+        self._audio = audio
         self._target = _Target()
         self.received: list[ReceivedError] = []
         self.server_errors: list[str] = []
+        self.dropped = 0  # never: websockets stops reading instead
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._creator: asyncio.Task[None] | None = None
@@ -506,11 +542,15 @@ class RawClient:
 
     async def _read(self) -> None:
         ws, ids, bump = self._ws, self._ids, self._target.bump
+        audio, b64decode = self._audio, base64.b64decode
         with contextlib.suppress(websockets.ConnectionClosed):
             async for frame in ws:
                 event = json.loads(frame)
                 kind = event["type"]
-                if kind == "response.function_call_arguments.done":
+                if kind == AUDIO_DELTA:
+                    if audio is not None:
+                        audio(b64decode(event["delta"]))
+                elif kind == "response.function_call_arguments.done":
                     item = {"type": "function_call_output", "call_id": event["call_id"]}
                     item["output"] = "ok"
                     out = {"type": "conversation.item.create", "event_id": f"c{next(ids)}"}

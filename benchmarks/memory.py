@@ -23,7 +23,7 @@ from .clients import quiet_logs
 from .simserver import SimulatorProcess
 from .workers import Workers, make_client
 
-__all__ = ["MemoryResult", "MemoryRun", "run"]
+__all__ = ["MemoryResult", "MemoryRun", "peak_rss", "run"]
 
 FULL_CALLS, QUICK_CALLS = 100_000, 5_000
 SDK_CALLS, QUICK_SDK_CALLS = 4_000, 1_000  # the SDK's per-call cost grows with the session
@@ -109,10 +109,10 @@ async def _child_run(kind: str, url: str, calls: int) -> tuple[list[MemorySample
         await client.close()
         if setup is not None:
             setup.shutdown()
-    return samples, _peak_rss()
+    return samples, peak_rss()
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """VmHWM: this process's peak RSS. (ru_maxrss would not do: Linux carries it across
     fork and exec, so a spawned child starts with its parent's peak.)"""
     with contextlib.suppress(OSError, ValueError):

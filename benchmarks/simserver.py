@@ -47,6 +47,7 @@ class SimReport:
     violations: list[str] = field(default_factory=list)  # the first invariant breaches
     latencies: list[float] = field(default_factory=list)  # seconds, answered calls, issue order
     decile_rates: list[float] = field(default_factory=list)  # calls/s in each tenth of the run
+    audio_late_ms: dict[int, int] = field(default_factory=dict)  # spoken chunks by ms behind
 
     @property
     def calls_per_second(self) -> float:
@@ -111,6 +112,10 @@ class SimulatorProcess(ChildProcess):
         )
         return status
 
+    async def end_script(self) -> None:
+        """The current simulator issues no more calls (responses under way finish)."""
+        await self._ask("end_script")
+
     async def stop(self) -> SimReport:
         """Stop the current simulator and report on its calls."""
         report: SimReport = await self._ask("stop")
@@ -146,6 +151,10 @@ async def _serve_async(conn: Connection) -> None:
             elif name == "wait":
                 assert sim is not None
                 conn.send(await _wait(sim, command[1], command[2]))
+            elif name == "end_script":
+                assert sim is not None
+                sim.end_script()
+                conn.send(None)
             elif name == "settle":
                 assert sim is not None
                 conn.send(await _settle(sim, command[1], command[2], command[3]))
@@ -216,6 +225,7 @@ def _report(sim: Simulator) -> SimReport:
         decile_rates=_decile_rates(
             min((r.issued_at for r in records), default=0.0), sorted(first_outputs)
         ),
+        audio_late_ms=dict(sim.audio_late_ms),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .clients import (
     AgentsSdkClient,
+    AudioSink,
     BenchClient,
     RawClient,
     RtguardClient,
@@ -26,30 +27,39 @@ from .clients import (
     telemetry_setup,
 )
 
-__all__ = ["KINDS", "ClientWorker", "RunStats", "Workers", "make_client"]
+__all__ = ["KINDS", "ClientWorker", "GcClock", "RunStats", "Workers", "make_client"]
 
 # kind -> the telemetry set-up (rtguard kinds only)
 KINDS = {
     "raw": None,
     "sdk": None,
     "rtguard-off": "off",
+    "rtguard-metrics": "metrics",
     "rtguard-on": "spans+metrics",
     "rtguard-otlp": "otlp",
 }
 
 
 def make_client(
-    kind: str, otlp_endpoint: str | None = None
+    kind: str,
+    otlp_endpoint: str | None = None,
+    *,
+    setup: TelemetrySetup | None = None,
+    audio: AudioSink | None = None,
+    agent: Any = None,
 ) -> tuple[BenchClient, TelemetrySetup | None]:
+    """A client of ``kind``; an rtguard client reports to ``setup`` (one set-up shared by a
+    process's sessions, as an app has one tracer provider) or to a new one. ``agent``: the
+    library's agent, for sessions that share one (by default each client builds its own)."""
     if kind == "raw":
-        return RawClient(), None
+        return RawClient(audio), None
     if kind == "sdk":
-        return AgentsSdkClient(), None
+        return AgentsSdkClient(audio=audio, agent=agent), None
     telemetry = KINDS.get(kind)
     if telemetry is None:
         raise ValueError(f"unknown client kind {kind!r}")
-    setup = telemetry_setup(telemetry, otlp_endpoint)
-    return RtguardClient(setup.telemetry), setup
+    setup = setup or telemetry_setup(telemetry, otlp_endpoint)
+    return RtguardClient(setup.telemetry, audio=audio, agent=agent), setup
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,13 @@ class RunStats:
     profile: Any = None  # profiles.ProfiledRun when asked for
 
 
-class _GcClock:
+class GcClock:
+    """Times garbage collections (a ``gc.callbacks`` entry): in total, the longest, how many."""
+
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.longest = 0.0
+        self.collections = 0
         self.full = 0
         self._started = 0.0
 
@@ -76,7 +90,10 @@ class _GcClock:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self.seconds += time.perf_counter() - self._started
+            pause = time.perf_counter() - self._started
+            self.seconds += pause
+            self.longest = max(self.longest, pause)
+            self.collections += 1
             self.full += info.get("generation") == 2
 
 
@@ -93,7 +110,7 @@ async def _session(
     (after the simulator has every output: closing earlier could cut off the last frames)."""
     client, setup = make_client(kind, endpoint)
     gc.collect()
-    clock = _GcClock()
+    clock = GcClock()
     gc.callbacks.append(clock)
     profiler = None
     if groups is not None:
@@ -150,7 +167,12 @@ async def _serve_async(kind: str, endpoint: str | None, conn: Connection) -> Non
         if command[0] == "exit":
             return
         try:
-            conn.send(await _session(conn, kind, endpoint, *command[1:]))
+            if command[0] == "voice":
+                from .voice import serve_sessions
+
+                conn.send(await serve_sessions(conn, kind, *command[1:]))
+            else:
+                conn.send(await _session(conn, kind, endpoint, *command[1:]))
         except Exception as exc:
             conn.send(exc)
 
@@ -176,19 +198,38 @@ class ClientWorker:
     ) -> RunStats:
         """One session: connect to ``url``, wait for ``calls`` outputs, await
         ``before_close()``, close."""
-        self._conn.send(("run", url, calls, timeout, groups))
+        stats: RunStats = await self.ask(
+            ("run", url, calls, timeout, groups), timeout, before_close=before_close
+        )
+        return stats
+
+    async def ask(
+        self,
+        command: tuple[Any, ...],
+        timeout: float,
+        *,
+        started: Callable[[], object] | None = None,
+        before_close: Callable[[], Awaitable[object]] | None = None,
+    ) -> Any:
+        """Run a command in the worker, which may say "started" (``started()`` is called:
+        the measured part begins) and "delivered" (``before_close()`` is awaited, then the
+        worker closes its sessions), then answers with its result."""
+        self._conn.send(command)
         answer = await self._receive(timeout + 60)
+        if answer == "started":
+            if started is not None:
+                started()
+            answer = await self._receive(timeout + 60)
         if answer == "delivered":
             try:
                 if before_close is not None:
                     await before_close()
             finally:
                 self._conn.send("close")
-            answer = await self._receive(60)
+            answer = await self._receive(120)
         if isinstance(answer, BaseException):
             raise answer
-        stats: RunStats = answer
-        return stats
+        return answer
 
     async def _receive(self, timeout: float) -> Any:
         if not await asyncio.to_thread(self._conn.poll, timeout):

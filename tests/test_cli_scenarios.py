@@ -12,6 +12,7 @@ from importlib import resources
 import pytest
 import yaml
 
+from demo_summary import summary_rows
 from rtguard.demo import demo_scenario
 from rtguard.simulator import Scenario
 
@@ -40,13 +41,7 @@ def _demo(scenario: str) -> tuple[int, dict[str, str]]:
         check=False,
     )
     assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, _summary(result.stdout)
-
-
-def _summary(stdout: str) -> dict[str, str]:
-    """The summary's rows: name, two or more spaces, value."""
-    rows = [line.split("  ", 1) for line in stdout.splitlines()[2:]]
-    return {name.strip(): value.strip() for name, value in rows}
+    return result.returncode, summary_rows(result.stdout)
 
 
 def test_every_shipped_scenario_is_run_here() -> None:

@@ -899,3 +899,15 @@ def test_client_frames_that_differ_from_the_sdk_fail() -> None:
         validate_client_frame(json.dumps({"type": "response.create", "response": []}))
     with pytest.raises(AssertionError, match="not a JSON object"):
         validate_client_frame("not json")
+
+
+async def test_an_output_before_the_client_hangs_up_needs_no_answer() -> None:
+    # The app closed the session after the output: nobody waits for the model's answer, and
+    # none may be asked for after the session closed. (A connection the server cut is no
+    # hang-up: test_an_output_counts_in_the_conversation_that_continues.)
+    async with conforming(Scenario(calls=calls(1))) as sim, client(sim.url) as peer:
+        call_id = (await peer.next_call())["call_id"]
+        await peer.answer(call_id)
+    assert sim.hung_up == {1}
+    assert sim.asked_to_answer(sim.calls[call_id])
+    sim.assert_invariant()

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import DATA_OPCODES, OP_TEXT, Frame
+from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
 from ._errors import ConnectionLostError
@@ -79,6 +79,7 @@ _PULL = 1  # websockets' own queue, for recv(), with its flow control
 _PUSH = 2  # hand it to the receiver at once
 _DISCARD = 3  # drop it: the session is done with this connection
 _HELD_MESSAGES = 16  # held at most (websockets' queue size) before recv() is assumed
+_DATA_OPCODES = frozenset((Opcode.CONT, Opcode.TEXT, Opcode.BINARY))
 
 
 class _Connection(ClientConnection):
@@ -97,7 +98,7 @@ class _Connection(ClientConnection):
         self._parts: list[Frame] = []  # a fragmented message so far
 
     def process_event(self, event: Event) -> None:
-        if not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:
+        if not isinstance(event, Frame) or event.opcode not in _DATA_OPCODES:
             super().process_event(event)  # control frames: pongs for the keepalive
             return
         if self.mode == _PULL and not self._parts:
@@ -135,7 +136,7 @@ def _nothing() -> None:
 
 def _payload(frame: Frame) -> str | bytes:
     """A text message as text (UnicodeDecodeError if it is not UTF-8), a binary one as bytes."""
-    return str(frame.data, "utf-8") if frame.opcode is OP_TEXT else bytes(frame.data)
+    return str(frame.data, "utf-8") if frame.opcode is Opcode.TEXT else bytes(frame.data)
 
 
 class WebSocketTransport:

@@ -162,6 +162,8 @@ class Simulator:
         """The highest-numbered connection that got a ``response.create``."""
         self.ended_by_server: set[int] = set()  # connections a fault cut or expired
         """Connections (by number) that a fault cut or expired."""
+        self.hung_up: set[int] = set()
+        """Connections (by number) the client closed with a close handshake it began."""
         self.refused_response_creates = 0
         """``response.create`` events refused because a response was in progress."""
         self.connections = 0
@@ -246,9 +248,15 @@ class Simulator:
     def asked_to_answer(self, call: CallRecord) -> bool:
         """Whether a response.create followed the call's output: on a connection whose
         conversation held it, or on a later connection, whose conversation goes on from there
-        (even where its replay of the history left this call out)."""
+        (even where its replay of the history left this call out). An output on a connection
+        the client then closed itself needs none: the app hung up, nobody waits for an
+        answer, and none may be asked for after the session closed."""
         delivered_on = max(call.outputs_by_connection, default=0)
-        return bool(call.responded_on) or self.latest_response_create_on > delivered_on > 0
+        return (
+            bool(call.responded_on)
+            or self.latest_response_create_on > delivered_on > 0
+            or delivered_on in self.hung_up
+        )
 
     def violations(self) -> list[str]:
         """Every issued call must have exactly one accepted output in the conversation that
@@ -499,6 +507,8 @@ class _Connection:
         except ConnectionClosed:
             pass
         finally:
+            if self.ws.protocol.close_rcvd_then_sent:
+                self.sim.hung_up.add(self.number)
             tasks = list(self.tasks)
             for task in tasks:
                 task.cancel()
