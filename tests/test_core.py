@@ -461,12 +461,40 @@ def test_nothing_is_sent_scheduled_or_counted_after_session_closed() -> None:
     c.advance(60.0)
     assert isinstance(c.events[-1], SessionClosed)
     closed_at = len(c.events)
-    c.call("late")
-    c.response_done()
+    c.server("error", error={"type": "server_error", "code": "x", "message": "late"})
+    c.server("response.created", response={"id": "resp_2"})
     c.advance(120.0)
     assert c.core.next_deadline() is None
     assert c.frames == []
     assert len(c.events) == closed_at
+
+
+def test_a_call_that_arrives_as_the_connection_closes_is_reported_incomplete() -> None:
+    # The server issued it before it saw our close frame; no output can follow that frame,
+    # so the call is accounted for (the asyncio layer passes SessionClosed on after it).
+    c = Core()
+    c.core.close(c.now)
+    c.drain()
+    assert isinstance(c.events[-1], SessionClosed)
+    closed_at = len(c.events)
+    c.call("late")
+    items = [
+        {"type": "function_call", "call_id": call_id, "name": "lookup", "arguments": "{}"}
+        for call_id in ("late", "later")  # "late" once more: it is accounted for once
+    ]
+    c.server("response.done", response={"id": "resp_1", "status": "completed", "output": items})
+    events = c.events[closed_at:]
+    assert [(type(e), e.call_id) for e in events] == [
+        (ToolCallReceived, "late"),
+        (CallIncomplete, "late"),
+        (ToolCallReceived, "later"),
+        (CallIncomplete, "later"),
+    ]
+    assert {e.reason for e in c.of_type(CallIncomplete)} == {IncompleteReason.SESSION_CLOSED}
+    assert c.core.ledger.open_count == 0
+    assert c.frames == []
+    assert c.jobs == []
+    assert c.core.next_deadline() is None
 
 
 def test_a_connection_lost_while_closing_is_reported_as_lost() -> None:

@@ -413,3 +413,62 @@ async def test_close_is_prompt_while_the_server_keeps_streaming() -> None:
         started = time.monotonic()
         await session.close()
         assert time.monotonic() - started < 3.0
+
+
+async def test_a_call_issued_as_the_session_closes_is_reported_incomplete_before_it_ends() -> None:
+    """The server sends a call right behind the acknowledgement that lets the closing session
+    end: it arrives after rtguard decided to close, and no output can follow its close frame.
+    The call is reported incomplete (session_closed), counted and traced, before
+    SessionClosed; nothing is sent for it."""
+
+    async def script(peer: Peer) -> None:
+        await peer.until("session.update")
+        await peer.send("session.updated", session={"type": "realtime", "id": "sess_scripted"})
+        await peer.send(
+            "response.function_call_arguments.done",
+            item_id="item_1",
+            output_index=0,
+            call_id="call_first",
+            name="slow_work",
+            arguments="{}",
+        )
+        output = await peer.until("conversation.item.create")
+        await peer.send("conversation.item.added", previous_item_id=None, item=output["item"])
+        await peer.send(
+            "response.function_call_arguments.done",
+            item_id="item_2",
+            output_index=0,
+            call_id="call_late",
+            name="quick",
+            arguments="{}",
+        )
+        await peer.drain()
+
+    registry = CollectorRegistry()
+    telemetry, spans = make_telemetry(registry)
+    agent = Agent(name="a", tools=[quick, slow_work])
+    async with ScriptedWebSocket(script) as server:
+        session = RealtimeSession(agent, url=server.url, telemetry=telemetry)
+        await session.connect()
+        events: list[SessionEvent] = []
+        async with asyncio.timeout(10):
+            async for event in session:
+                events.append(event)
+                if isinstance(event, ToolCallStarted):
+                    await session.close()  # the running call is answered, then it ends
+    late = [e for e in events if getattr(e, "call_id", None) == "call_late"]
+    assert [type(e) for e in late] == [ToolCallReceived, CallIncomplete]
+    assert late[1].reason is IncompleteReason.SESSION_CLOSED
+    assert isinstance(events[-1], SessionClosed)
+    assert events[-1].reason == "closed"
+    sent = [e.get("item", {}).get("call_id") for e in server.peers[0].received]
+    assert "call_late" not in sent
+    assert "call_first" in sent
+    reason = {"reason": "session_closed"}
+    assert registry.get_sample_value("rtguard_calls_without_output_total", reason) == 1
+    (span,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.attributes.get("gen_ai.tool.call.id") == "call_late"
+    ]
+    assert span.status.status_code.name == "ERROR"

@@ -111,7 +111,10 @@ class CoreState(enum.IntEnum):
     IDLE = 0  # not connected yet
     OPEN = 1
     CLOSING = 2  # close() asked: no new tools run, open calls get close_timeout to finish
-    CLOSED = 3  # SessionClosed was emitted: nothing is sent, scheduled or counted after it
+    # SessionClosed was emitted: nothing is sent or scheduled after it. A call that still
+    # arrives while the connection closes is reported incomplete; the asyncio layer passes
+    # SessionClosed on once the connection has closed, so the app sees that report first.
+    CLOSED = 3
 
 
 # --- what the asyncio layer carries out ---------------------------------------------------
@@ -359,7 +362,9 @@ class SessionCore:
         """A server frame. Returns whether rtguard acted on it; if not (an audio or
         transcript delta, fifty a second while the model speaks, or a frame it skipped) only
         events came out of it, and nothing else needs draining."""
-        if self.state is CoreState.CLOSED or not self._has_connection:
+        if self.state is CoreState.CLOSED:
+            return self._receive_while_closing(frame, now)
+        if not self._has_connection:
             return False
         try:
             event = protocol.parse_server_event(frame)
@@ -376,6 +381,20 @@ class SessionCore:
         handler(event, now)  # type: ignore[operator]
         self._after_input(now)
         return True
+
+    def _receive_while_closing(self, frame: str | bytes, now: float) -> bool:
+        """What the server sent before it saw our close: the calls in it are accounted for,
+        nothing else is passed on."""
+        try:
+            event = protocol.parse_server_event(frame)
+        except ProtocolError:
+            return False
+        if isinstance(event, protocol.FunctionCallReady):
+            self._receive_call(event.call, now)
+        elif isinstance(event, protocol.ResponseDone):
+            for function_call in event.calls:
+                self._receive_call(function_call, now)
+        return False
 
     def frame_written(self, frame: Frame, now: float) -> None:
         if self.state is CoreState.CLOSED:
@@ -606,8 +625,6 @@ class SessionCore:
     # --- a call's life ---------------------------------------------------------------------
 
     def _receive_call(self, function_call: protocol.FunctionCall, now: float) -> None:
-        if self.state is CoreState.CLOSED:
-            return
         call = self.ledger.receive(function_call, self.agent, now)
         if call is None:
             return  # a call_id we already have: the tool runs once
@@ -621,6 +638,9 @@ class SessionCore:
                 function_call.response_id,
             )
         )
+        if self.state is CoreState.CLOSED:  # the connection is closing: no output can follow
+            self._settle(call, CallState.INCOMPLETE, IncompleteReason.SESSION_CLOSED, now)
+            return
         target = call.target
         size = len(call.arguments.encode()) if call.arguments is not None else 0
         if self.state is CoreState.CLOSING:

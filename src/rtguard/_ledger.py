@@ -133,7 +133,8 @@ class IncompleteReason(enum.StrEnum):
     SERVER_CLOSED = "server_closed"  # the server ended the session (a normal close)
     """The server ended the session (a normal close)."""
     SESSION_CLOSED = "session_closed"
-    """The app closed the session before the call was answered within ``close_timeout``."""
+    """The app closed the session before the call was answered within ``close_timeout``, or
+    the model issued it as the connection was closing (no output can follow a close frame)."""
     RETRIES_EXHAUSTED = "retries_exhausted"
     """Every send attempt the ``RetryPolicy`` allows failed."""
     REJECTED_BY_SERVER = "rejected_by_server"

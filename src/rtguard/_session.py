@@ -488,7 +488,7 @@ class RealtimeSession:
                 future.set_exception(error)
         self._writes.clear()
         if self._transport is not None:
-            failed = await _close(self._transport)
+            failed = await _close(self._transport, self._received)
             if failed is not None:
                 self._deliver(ErrorSwallowed("transport_close", failed))
         self._deliver(closed)
@@ -501,20 +501,26 @@ class RealtimeSession:
         return asyncio.get_running_loop().time()
 
 
-async def _close(transport: Transport) -> Exception | None:
-    """Close a connection nobody reads any more, discarding what still arrives meanwhile: a
-    peer whose frames back up unread (a WebSocket stops reading past its queue limit) would
-    never get to answer our close. Returns the error closing raised, if any."""
+async def _close(
+    transport: Transport, received: Callable[[str | bytes], None] | None = None
+) -> Exception | None:
+    """Close a connection, reading what still arrives meanwhile: a peer whose frames back up
+    unread (a WebSocket stops reading past its queue limit) would never get to answer our
+    close. What arrives goes to ``received`` (the closing session accounts for the calls in
+    it; a WebSocketTransport already hands it over) or is discarded. Returns the error
+    closing raised, if any."""
 
-    if isinstance(transport, WebSocketTransport):
+    if received is None and isinstance(transport, WebSocketTransport):
         transport.deliver_to(None)  # it discards what arrives itself
 
-    async def discard() -> None:
+    async def read() -> None:
         with contextlib.suppress(Exception):
             while True:
-                await transport.recv()
+                frame = await transport.recv()
+                if received is not None:
+                    received(frame)
 
-    draining = asyncio.get_running_loop().create_task(discard())
+    draining = asyncio.get_running_loop().create_task(read())
     try:
         await transport.close()
     except Exception as exc:

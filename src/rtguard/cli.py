@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_Mistake, ScenarioError) as mistake:
         print(f"{command}: {mistake}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the run listened for signals
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> _Parser:
@@ -228,6 +231,11 @@ def _demo(args: argparse.Namespace, scenario: Scenario) -> int:
     report = asyncio.run(run_demo(scenario, choose_view()))
     if report.interrupted:
         issued = f"{report.issued} of {len(scenario.calls)} calls were issued"
+        if report.closed_on:
+            issued += (
+                f"; {report.closed_on} issued as the session closed were reported incomplete"
+                " (session_closed)"
+            )
         print(f"interrupted: {issued}", file=sys.stderr)
     # Bounded: with the endpoint down the exporter would otherwise retry for seconds.
     exported = export.shutdown(timeout=_EXPORT_SHUTDOWN_SECONDS) if export else None
