@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: demo test lint typecheck unit docs docs-serve system-deps dashboards bench soak e2e clean
+.PHONY: demo test lint typecheck unit docs docs-serve system-deps dashboards bench bench-voice soak e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ $(VENV)/.bench-installed: $(STAMP)
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks
+
+# Voice sessions (S concurrent sessions streaming real-time audio in one process) and the
+# telemetry cost on the tool-call path, into their own page (about 35 min); `--quick`
+# instead of `--output ...` prints a smoke run in under a minute.
+bench-voice: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks --only voice --only telemetry --output docs/benchmarks-voice.md
 
 soak: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks.soak

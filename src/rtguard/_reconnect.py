@@ -114,10 +114,12 @@ class ReconnectPolicy:
     roll over; None: never."""
     rollover_deadline: float = 59 * 60.0
     """Seconds after a connection opened (59 minutes) when to roll over regardless."""
-    history_items: int = 256
-    """Conversation items kept to replay."""
-    history_bytes: int = 1_000_000
-    """Bytes of conversation items kept to replay."""
+    history_items: int = 64
+    """Conversation items kept to replay: as many as the default ``replay`` uses (a voice
+    session records three items a call; each costs memory in every session). Raise it with
+    a policy that replays more."""
+    history_bytes: int = 256_000
+    """Bytes of conversation items (their text) kept to replay."""
     replay: ReplayPolicy | None = None  # None: the last 64 items (rtguard.replay_last(64))
     """What a new connection gets of the recorded items: ``replay_all``,
     ``replay_last(n)`` or your own; None: ``replay_last(64)``. If yours raises or returns
