@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import math
 import struct
 import time
@@ -35,7 +34,7 @@ from .memory import peak_rss
 from .simserver import SimReport, SimulatorProcess, percentile
 from .soak import slope
 from .throughput import ECHO
-from .workers import KINDS, GcClock, Workers, make_client
+from .workers import KINDS, GcClock, Window, Workers, make_client
 
 __all__ = ["LABELS", "VoiceResult", "VoiceRun", "run", "serve_sessions"]
 
@@ -135,7 +134,7 @@ async def serve_sessions(
     clients: list[BenchClient] = [
         make_client(kind, setup=setup, audio=ear, agent=agent)[0] for _ in range(sessions)
     ]
-    process, gate, clock, profiler = psutil.Process(), asyncio.Semaphore(OPENING), GcClock(), None
+    process, gate, window = psutil.Process(), asyncio.Semaphore(OPENING), Window(groups)
 
     async def through_gate(step: Callable[[], Any]) -> None:
         async with gate:
@@ -153,12 +152,7 @@ async def serve_sessions(
         )
         await asyncio.sleep(warmup)
         conn.send("started")
-        gc.callbacks.append(clock)
-        if groups is not None:
-            from pyinstrument import Profiler
-
-            profiler = Profiler(interval=0.001, async_mode="disabled")
-            profiler.start()
+        window.start()
         ear.listening = True
         samples: list[tuple[float, int]] = []
         started, cpu_before = time.monotonic(), cpu_seconds()
@@ -168,24 +162,14 @@ async def serve_sessions(
         cpu, wall = cpu_seconds() - cpu_before, time.monotonic() - started
         ear.listening = False
         samples.append((wall, process.memory_info().rss))
-        if profiler is not None:
-            profiler.stop()
-        gc.callbacks.remove(clock)
+        window.stop()
         conn.send("delivered")
         await asyncio.to_thread(conn.recv)  # "close": the simulators have every output
     finally:
-        if profiler is not None and profiler.is_running:
-            profiler.stop()
-        if clock in gc.callbacks:
-            gc.callbacks.remove(clock)
+        window.stop()
         await asyncio.gather(*(through_gate(c.close) for c in clients), return_exceptions=True)
         if setup is not None:
             setup.shutdown()
-    profile = None
-    if profiler is not None and groups is not None:
-        from .profiles import analyse
-
-        profile = analyse(profiler, groups)
     return VoiceStats(
         sessions=sessions,
         cpu_seconds=cpu,
@@ -198,11 +182,11 @@ async def serve_sessions(
         rss_first=rss_first,
         rss=samples,
         peak_rss=peak_rss(),
-        gc=clock,
+        gc=window.clock,
         delivered=sum(c.delivered for c in clients),
         dropped=sum(c.dropped for c in clients),
         server_errors=sum(len(c.server_errors) for c in clients),
-        profile=profile,
+        profile=window.profile(),
     )
 
 

@@ -27,7 +27,7 @@ from .clients import (
     telemetry_setup,
 )
 
-__all__ = ["KINDS", "ClientWorker", "GcClock", "RunStats", "Workers", "make_client"]
+__all__ = ["KINDS", "ClientWorker", "GcClock", "RunStats", "Window", "Workers", "make_client"]
 
 # kind -> the telemetry set-up (rtguard kinds only)
 KINDS = {
@@ -97,6 +97,39 @@ class GcClock:
             self.full += info.get("generation") == 2
 
 
+class Window:
+    """The measured part of a run: its garbage collections timed (``clock``) and, given
+    profile ``groups``, the event loop profiled with pyinstrument. ``stop()`` may be called
+    again (from a ``finally``); ``profile()`` analyses what was profiled."""
+
+    def __init__(self, groups: dict[str, tuple[str, ...]] | None) -> None:
+        self.clock = GcClock()
+        self._groups = groups
+        self._profiler: Any = None
+
+    def start(self) -> None:
+        gc.callbacks.append(self.clock)
+        if self._groups is not None:
+            from pyinstrument import Profiler
+
+            self._profiler = Profiler(interval=0.001, async_mode="disabled")
+            self._profiler.start()
+
+    def stop(self) -> None:
+        if self._profiler is not None and self._profiler.is_running:
+            self._profiler.stop()
+        if self.clock in gc.callbacks:
+            gc.callbacks.remove(self.clock)
+
+    def profile(self) -> Any:
+        """profiles.ProfiledRun, or None without groups."""
+        if self._profiler is None or self._groups is None:
+            return None
+        from .profiles import analyse
+
+        return analyse(self._profiler, self._groups)
+
+
 async def _session(
     conn: Connection,
     kind: str,
@@ -110,46 +143,30 @@ async def _session(
     (after the simulator has every output: closing earlier could cut off the last frames)."""
     client, setup = make_client(kind, endpoint)
     gc.collect()
-    clock = GcClock()
-    gc.callbacks.append(clock)
-    profiler = None
-    if groups is not None:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(interval=0.001, async_mode="disabled")
-        profiler.start()
+    window = Window(groups)
+    window.start()
     wall_before, cpu_before = time.monotonic(), cpu_seconds()
     try:
         await client.open(url)
         await client.wait_delivered(calls, timeout)
         cpu, wall = cpu_seconds() - cpu_before, time.monotonic() - wall_before
-        if profiler is not None:
-            profiler.stop()
-        gc.callbacks.remove(clock)
+        window.stop()
         conn.send("delivered")
         await asyncio.to_thread(conn.recv)  # "close"
     finally:
-        if profiler is not None and profiler.is_running:
-            profiler.stop()
-        if clock in gc.callbacks:
-            gc.callbacks.remove(clock)
+        window.stop()
         await client.close()
         if setup is not None:
             setup.shutdown()
-    profile = None
-    if profiler is not None and groups is not None:
-        from .profiles import analyse
-
-        profile = analyse(profiler, groups)
     return RunStats(
         delivered=client.delivered,
         cpu_seconds=cpu,
         wall_seconds=wall,
-        gc_seconds=clock.seconds,
-        gc_full=clock.full,
+        gc_seconds=window.clock.seconds,
+        gc_full=window.clock.full,
         server_errors=len(client.server_errors),
         spans=setup.spans_ended if setup is not None else 0,
-        profile=profile,
+        profile=window.profile(),
     )
 
 
