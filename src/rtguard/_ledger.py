@@ -1,13 +1,5 @@
-"""The call ledger: every call the model issued, and the one state machine it moves through.
-
-::
-
-    RECEIVED ──> RUNNING <──> AWAITING_APPROVAL
-       │           │    └───> HANDING_OFF ──┐
-       │           v                        v
-       └──────> OUTPUT_READY <──> OUTPUT_SENT ──> ACKNOWLEDGED
-                    │                  │
-                    └──> INCOMPLETE <──┘        (every open state can end here)
+"""The call ledger: every call the model issued, and the one state machine it moves through
+(drawn in :class:`CallState`'s docstring; ``_TRANSITIONS`` is its table).
 
 ``RECEIVED``: waiting for its turn to run (one at a time with ``async_tool_calls=False``).
 ``RUNNING``: the user's code for it runs (arguments, approval policy, tool, handoff factory).
