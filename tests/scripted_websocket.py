@@ -26,6 +26,21 @@ class Peer:
         event = {"type": event_type, "event_id": f"event_{next(self._ids)}", **fields}
         await self.ws.send(json.dumps(event))
 
+    async def issue_call(
+        self, call_id: str, name: str, item_id: str, output_index: int = 0, **fields: Any
+    ) -> None:
+        """The model issues a call: its ``response.function_call_arguments.done``, with no
+        arguments (``{}``)."""
+        await self.send(
+            "response.function_call_arguments.done",
+            item_id=item_id,
+            output_index=output_index,
+            call_id=call_id,
+            name=name,
+            arguments="{}",
+            **fields,
+        )
+
     async def until(self, event_type: str) -> dict[str, Any]:
         """Read client events until one of ``event_type`` comes; return it."""
         while True:

@@ -249,14 +249,7 @@ async def test_an_app_that_stops_reading_loses_only_plain_server_events() -> Non
                 content_index=0,
                 delta=f"{n:08d}",
             )
-        await peer.send(
-            "response.function_call_arguments.done",
-            item_id="item_2",
-            output_index=1,
-            call_id="call_1",
-            name="quick",
-            arguments="{}",
-        )
+        await peer.issue_call("call_1", "quick", "item_2", output_index=1)
         await peer.acknowledge_outputs()
 
     registry = CollectorRegistry()
@@ -389,15 +382,7 @@ async def test_close_is_prompt_while_the_server_keeps_streaming() -> None:
 
     async def call_then_stream(peer: Peer) -> None:
         await peer.until("session.update")
-        await peer.send(
-            "response.function_call_arguments.done",
-            response_id="r1",
-            item_id="i1",
-            output_index=0,
-            call_id="c1",
-            name="stubborn",
-            arguments="{}",
-        )
+        await peer.issue_call("c1", "stubborn", "i1", response_id="r1")
         while True:  # the model speaks on; nothing makes it stop
             await peer.send("response.output_audio.delta", response_id="r1", delta="AAAA")
             await asyncio.sleep(0.001)
@@ -424,24 +409,10 @@ async def test_a_call_issued_as_the_session_closes_is_reported_incomplete_before
     async def script(peer: Peer) -> None:
         await peer.until("session.update")
         await peer.send("session.updated", session={"type": "realtime", "id": "sess_scripted"})
-        await peer.send(
-            "response.function_call_arguments.done",
-            item_id="item_1",
-            output_index=0,
-            call_id="call_first",
-            name="slow_work",
-            arguments="{}",
-        )
+        await peer.issue_call("call_first", "slow_work", "item_1")
         output = await peer.until("conversation.item.create")
         await peer.send("conversation.item.added", previous_item_id=None, item=output["item"])
-        await peer.send(
-            "response.function_call_arguments.done",
-            item_id="item_2",
-            output_index=0,
-            call_id="call_late",
-            name="quick",
-            arguments="{}",
-        )
+        await peer.issue_call("call_late", "quick", "item_2")
         await peer.drain()
 
     registry = CollectorRegistry()
