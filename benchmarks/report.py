@@ -747,6 +747,8 @@ def _profiles(prof: ProfileResult) -> list[str]:
 def _voice(v: VoiceResult) -> list[str]:
     from .voice import CALL_EVERY, KEPT_UP_LAG, SESSIONS_PER_SIMULATOR, SPEAK_SECONDS
 
+    # by S, then in the order of the labels (raw first): both tables list the runs so
+    runs = sorted(v.runs.items(), key=lambda kv: (kv[0][1], list(VOICE_LABELS).index(kv[0][0])))
     lines = [
         "## Voice sessions",
         "",
@@ -771,9 +773,7 @@ def _voice(v: VoiceResult) -> list[str]:
         "",
     ]
     rows = []
-    for (kind, size), m in sorted(
-        v.runs.items(), key=lambda kv: (kv[0][1], list(VOICE_LABELS).index(kv[0][0]))
-    ):
+    for (kind, size), m in runs:
         raw = v.runs.get(("raw", size))
         s = m.stats
         rows.append(
@@ -832,9 +832,7 @@ def _voice(v: VoiceResult) -> list[str]:
         "",
     ]
     rows = []
-    for (kind, size), m in sorted(
-        v.runs.items(), key=lambda kv: (kv[0][1], list(VOICE_LABELS).index(kv[0][0]))
-    ):
+    for (kind, size), m in runs:
         raw = v.runs.get(("raw", size))
         gc = m.stats.gc
         rows.append(
