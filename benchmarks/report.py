@@ -683,9 +683,7 @@ def _memory(mem: MemoryResult) -> list[str]:
         "The client in a fresh process; RSS sampled every 5% of the calls, live objects "
         "(`gc.get_objects()` after a collection) at 25/50/75/100%. Growth is the "
         "least-squares slope over the second half of the run; flat means under "
-        f"{FLAT_OBJECTS_PER_CALL} objects and {FLAT_RSS_BYTES} bytes of RSS per call. rtguard "
-        "remembers the ids of the last 10,000 settled calls (`remember_settled_calls`, to "
-        "recognise a repeated `call_id`), so it grows over its first 10,000 calls by design.",
+        f"{FLAT_OBJECTS_PER_CALL} objects and {FLAT_RSS_BYTES} bytes of RSS per call.",
         "",
     ]
     rows = []

@@ -118,6 +118,53 @@ def test_a_repeated_call_id_runs_the_tool_once() -> None:
     assert c.jobs == []
 
 
+def test_a_response_repeating_a_settled_call_runs_it_once_however_small_the_window() -> None:
+    """The ids of a response's calls are kept until its response.done (which lists them
+    all again), not merely while they fit the window of settled ids."""
+    c = Core(remember_settled_calls=0)
+    c.server("response.created", response={"id": "resp_1"})
+    for call_id in ("a", "b", "c"):
+        c.call(call_id)
+        c.run(call_id)
+    c.write_all()
+    for call_id in ("a", "b", "c"):
+        c.ack(call_id)
+    calls = [
+        {"type": "function_call", "call_id": call_id, "name": "lookup", "arguments": "{}"}
+        for call_id in ("a", "b", "c")
+    ]
+    c.server("response.done", response={"id": "resp_1", "status": "completed", "output": calls})
+    assert len(c.of_type(ToolCallReceived)) == 3
+    assert c.jobs == []
+
+
+def test_the_ledger_forgets_settled_ids_once_their_response_ended() -> None:
+    """Memory is bounded by the responses in progress, not by the session's length."""
+    c = Core(remember_settled_calls=4)
+    for i in range(50):
+        response = f"resp_{i}"
+        c.server("response.created", response={"id": response})
+        c.call(f"call_{i}", response=response)
+        c.run(f"call_{i}")
+        c.write_all()
+        c.ack(f"call_{i}")
+        c.response_done(response)
+        c.take("response.create")
+    assert c.core.ledger.remembered_count == 4
+    c.call("call_0", response="resp_again")  # long forgotten: taken as a new call
+    assert len(c.of_type(ToolCallReceived)) == 51
+
+
+def test_a_response_that_never_ends_holds_its_ids_only_so_long() -> None:
+    c = Core(remember_settled_calls=0)
+    for i in range(200):  # each call's response is lost: no response.done ever comes
+        c.call(f"call_{i}", response=f"resp_{i}")
+        c.run(f"call_{i}")
+        c.write_all()
+        c.ack(f"call_{i}")
+    assert c.core.ledger.remembered_count == 64
+
+
 def test_a_failed_write_is_retried_from_the_cached_output_then_given_up() -> None:
     c = Core()
     c.call("a", response=None)

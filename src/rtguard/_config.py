@@ -72,9 +72,10 @@ class SessionConfig:
     max_queued_events: int = 4096
     """Events waiting for the app; past it, plain server events are dropped and one
     [`EventsDropped`][rtguard.EventsDropped] says how many."""
-    remember_settled_calls: int = 10_000
-    """Settled call ids kept to recognise a repeated ``call_id``; older ones are
-    forgotten."""
+    remember_settled_calls: int = 64
+    """Settled call ids kept, once their response ended, to recognise a server repeating an
+    older ``call_id`` (each response's own ids are kept until it ends, whatever this says);
+    older ones are forgotten."""
     session_options: Mapping[str, Any] = field(default_factory=dict)
     """Extra GA ``session.update`` fields (``model``, ``audio``, ``output_modalities``,
     ...); the server refuses a field it does not know, for example a top-level ``voice``

@@ -570,6 +570,8 @@ class SessionCore:
             self._emit(ProtocolErrorEvent("invalid_field", detail))
         for function_call in event.calls:
             self._receive_call(function_call, now)
+        if event.response_id is not None:
+            self.ledger.response_ended(event.response_id)
         self._turns.response_done(event.response_id, event.status)
 
     def _on_item_confirmed(self, event: protocol.ItemConfirmed, now: float) -> None:
@@ -980,6 +982,7 @@ class SessionCore:
         for key in (_CREATE_BACKOFF, _ROLLOVER, _ROLLOVER_DEADLINE):
             self._deadlines.clear(key)
         self._rollover_due = False
+        self.ledger.connection_ended()
         self._turns.connection_lost()
 
     def _retry_connection(self, now: float) -> None:

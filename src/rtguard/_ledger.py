@@ -214,13 +214,27 @@ class InvalidTransition(RuntimeError):
 Mover = Callable[[Call, CallState], None]
 
 
-class CallLedger:
-    """Open calls by ``call_id`` (in arrival order) and a bounded window of settled ids, so a
-    call the server repeats is recognised and its tool runs once."""
+# Responses whose response.done never came are taken as ended past this many (a server
+# that loses them must not make the ledger grow).
+_STREAMING_RESPONSES = 64
 
-    def __init__(self, *, remember_settled: int = 10_000, on_move: Mover | None = None) -> None:
+
+class CallLedger:
+    """Open calls by ``call_id`` (in arrival order) and the ids of settled ones, so a call
+    the server repeats is recognised and its tool runs once.
+
+    A response announces each call up to three times (``...arguments.done``,
+    ``output_item.done``, ``response.done``), so a settled call's id is kept until its
+    response ended, however many calls that response holds; after that only a window of the
+    latest ``remember_settled`` ids is kept, for a server that repeats an older call. Memory
+    stays bounded by the responses in progress, not by the session's length.
+    """
+
+    def __init__(self, *, remember_settled: int = 64, on_move: Mover | None = None) -> None:
         self._open: dict[str, Call] = {}
-        self._settled: OrderedDict[str, None] = OrderedDict()
+        self._streaming: dict[str, list[str]] = {}  # response id -> its settled call ids
+        self._held: set[str] = set()  # the ids in _streaming
+        self._settled: OrderedDict[str, None] = OrderedDict()  # after their response ended
         self._remember_settled = remember_settled
         self._on_move = on_move
         self.active_count = 0
@@ -238,7 +252,7 @@ class CallLedger:
     @property
     def remembered_count(self) -> int:
         """Open calls plus the settled ids kept to recognise a repeated call (bounded)."""
-        return len(self._open) + len(self._settled)
+        return len(self._open) + len(self._held) + len(self._settled)
 
     def oldest_open(self) -> Call | None:
         return next(iter(self._open.values()), None)
@@ -246,8 +260,13 @@ class CallLedger:
     def receive(self, function_call: FunctionCall, agent: Agent, now: float) -> Call | None:
         """Register a call bound to ``agent``; None if this ``call_id`` is already known."""
         call_id = function_call.call_id
-        if call_id in self._open or call_id in self._settled:
+        if call_id in self._open or call_id in self._held or call_id in self._settled:
             return None
+        response_id = function_call.response_id
+        if response_id is not None and response_id not in self._streaming:
+            self._streaming[response_id] = []
+            if len(self._streaming) > _STREAMING_RESPONSES:
+                self.response_ended(next(iter(self._streaming)))
         call = Call(
             call_id,
             function_call.name,
@@ -268,8 +287,27 @@ class CallLedger:
         self.active_count += (new_state in ACTIVE) - (old_state in ACTIVE)
         if new_state in (_S.ACKNOWLEDGED, _S.INCOMPLETE):
             del self._open[call.call_id]
-            self._settled[call.call_id] = None
-            if len(self._settled) > self._remember_settled:
-                self._settled.popitem(last=False)
+            held = self._streaming.get(call.response_key)
+            if held is None:
+                self._remember(call.call_id)
+            else:
+                held.append(call.call_id)
+                self._held.add(call.call_id)
         if self._on_move is not None:
             self._on_move(call, old_state)
+
+    def response_ended(self, response_id: str) -> None:
+        """The response can announce no more calls: its settled ids join the window."""
+        for call_id in self._streaming.pop(response_id, ()):
+            self._held.discard(call_id)
+            self._remember(call_id)
+
+    def connection_ended(self) -> None:
+        """Every response in progress ended with the connection."""
+        for response_id in list(self._streaming):
+            self.response_ended(response_id)
+
+    def _remember(self, call_id: str) -> None:
+        self._settled[call_id] = None
+        if len(self._settled) > self._remember_settled:
+            self._settled.popitem(last=False)
