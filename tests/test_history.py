@@ -114,3 +114,36 @@ def test_deleted_and_truncated_items_are_not_replayed() -> None:
     history.item_done(said("m2", "b", role="assistant"))
     history.remove("m2")
     assert ids(history.items) == ["m1"]
+
+
+def test_a_transcript_counts_towards_the_byte_bound() -> None:
+    history = History(100, 400)
+    audio = {
+        "id": "u1",
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": None}],
+    }
+    history.item_done(audio)
+    history.item_done(said("a1", "x" * 100, role="assistant"))
+    history.transcribed("u1", 0, "y" * 100)
+    assert ids(history.items) == ["u1", "a1"]  # 164 + 164 bytes
+    history.transcribed("u1", 0, "y" * 200)  # 264 + 164: over 400, the oldest goes
+    assert ids(history.items) == ["a1"]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"id": "i", "type": ["message"]},
+        {"id": "i", "type": "message", "role": {"user": 1}, "content": []},
+        {"id": "i", "type": "message", "role": "user", "content": [{"type": ["input_text"]}]},
+        {"id": "i", "type": "function_call", "call_id": ["c"], "name": "f", "arguments": "{}"},
+    ],
+)
+def test_an_item_of_the_wrong_shape_is_skipped(item: dict[str, Any]) -> None:
+    history = History(100, 100_000)
+    history.item_done(item)
+    history.item_done(said("m1", "a"))
+    assert ids(history.items) in (["m1"], ["i", "m1"])
+    assert all(isinstance(i["type"], str) for i in history.items)

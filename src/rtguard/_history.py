@@ -31,6 +31,10 @@ DEFAULT_REPLAY_ITEMS = 64
 _TEXT_PARTS = {"input_text": "text", "output_text": "text"}
 _TRANSCRIBED_PARTS = {"input_audio": "input_text", "output_audio": "output_text"}
 _ROLES = ("user", "assistant", "system")
+# The values every item repeats, as rtguard's own strings: kept as parsed, each recorded item
+# would hold its own copies.
+_KINDS = ("message", "function_call", "function_call_output")
+_CANONICAL = {value: value for value in (*_KINDS, *_ROLES, *_TEXT_PARTS, *_TRANSCRIBED_PARTS)}
 
 
 def replay_all(items: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -53,7 +57,6 @@ def replay_last(count: int) -> ReplayPolicy:
 class History:
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self._items: OrderedDict[str, Item] = OrderedDict()
-        self._sizes: dict[str, int] = {}
         # (type, call_id) -> item id: a call and its output are recorded once each, although
         # a carried call comes back under a new item id on every connection it visits.
         self._call_items: dict[tuple[str, str], str] = {}
@@ -87,8 +90,10 @@ class History:
             return
         content = item.get("content") or []
         if 0 <= content_index < len(content):
+            self._bytes -= _size(item)
             content[content_index]["text"] = transcript
-            self._store(item_id, item)
+            self._bytes += _size(item)
+            self._evict()
 
     def remove(self, item_id: str) -> None:
         """The item was deleted, or truncated (the server then drops its transcript too)."""
@@ -127,15 +132,18 @@ class History:
 
     def _store(self, item_id: str, item: Item) -> None:
         """Record ``item``; one recorded already keeps its place in the conversation."""
-        self._bytes += _size(item) - self._sizes.get(item_id, 0)
-        self._sizes[item_id] = _size(item)
+        recorded = self._items.get(item_id)
+        self._bytes += _size(item) - (_size(recorded) if recorded is not None else 0)
         self._items[item_id] = item
+        self._evict()
+
+    def _evict(self) -> None:
         while self._items and (len(self._items) > self._max_items or self._bytes > self._max_bytes):
             oldest, evicted = self._items.popitem(last=False)
             self._forget(oldest, evicted)
 
     def _forget(self, item_id: str, item: Item) -> None:
-        self._bytes -= self._sizes.pop(item_id)
+        self._bytes -= _size(item)
         call = _call_key(item)
         if call is not None and self._call_items.get(call) == item_id:
             del self._call_items[call]
@@ -143,7 +151,7 @@ class History:
 
 def _recreatable(item: Mapping[str, Any]) -> Item | None:
     """``item`` as ``conversation.item.create`` takes it, or None if it cannot be recreated."""
-    kind = item.get("type")
+    kind = _canonical(item.get("type"))
     fields: tuple[str, ...]
     if kind == "function_call":
         if item.get("status") == "incomplete":
@@ -151,9 +159,9 @@ def _recreatable(item: Mapping[str, Any]) -> Item | None:
         fields = ("call_id", "name", "arguments")
     elif kind == "function_call_output":
         fields = ("call_id", "output")
-    elif kind == "message" and item.get("role") in _ROLES:
+    elif kind == "message" and (role := _canonical(item.get("role"))) in _ROLES:
         content = [part for part in map(_text_part, item.get("content") or ()) if part]
-        return {"type": "message", "role": item["role"], "content": content}
+        return {"type": kind, "role": role, "content": content}
     else:
         return None
     if not all(isinstance(item.get(key), str) for key in fields):
@@ -171,7 +179,7 @@ def _text_part(part: object) -> Item | None:
     so that a later transcript finds its index)."""
     if not isinstance(part, Mapping):
         return None
-    kind = part.get("type")
+    kind = _canonical(part.get("type"))
     if kind in _TEXT_PARTS:
         text = part.get("text")
         return {"type": kind, "text": text} if isinstance(text, str) else None
@@ -184,13 +192,13 @@ def _text_part(part: object) -> Item | None:
     return None
 
 
+def _canonical(value: object) -> str | None:
+    return _CANONICAL.get(value) if isinstance(value, str) else None
+
+
 def _checked(item: object) -> Item:
     """A policy's item, copied, with untranscribed parts left out; TypeError if unusable."""
-    if not isinstance(item, Mapping) or item.get("type") not in (
-        "message",
-        "function_call",
-        "function_call_output",
-    ):
+    if not isinstance(item, Mapping) or item.get("type") not in _KINDS:
         raise TypeError(f"a replay policy returned {item!r:.80}, not a conversation item")
     copied = dict(item)
     if copied["type"] == "message":
