@@ -743,7 +743,14 @@ def _profiles(prof: ProfileResult) -> list[str]:
 
 
 def _voice(v: VoiceResult) -> list[str]:
-    from .voice import CALL_EVERY, KEPT_UP_LAG, SESSIONS_PER_SIMULATOR, SPEAK_SECONDS
+    from .voice import (
+        CALL_EVERY,
+        GC_THRESHOLDS,
+        GC_TUNED,
+        KEPT_UP_LAG,
+        SESSIONS_PER_SIMULATOR,
+        SPEAK_SECONDS,
+    )
 
     # by S, then in the order of the labels (raw first): both tables list the runs so
     runs = sorted(v.runs.items(), key=lambda kv: (kv[0][1], list(VOICE_LABELS).index(kv[0][0])))
@@ -767,7 +774,10 @@ def _voice(v: VoiceResult) -> list[str]:
         "client process. CPU per session-second is the client process's CPU time (all its "
         "threads) over the window divided by S and the window; a client that did not keep "
         "up used at most a core and did less of the work, so compare CPU per audio chunk "
-        "there. The machine has 2 cores: the client and the simulators share them.",
+        "there. The machine has 2 cores: the client and the simulators share them. "
+        f"*{VOICE_LABELS[GC_TUNED]}*: the same client in a process that called `gc.freeze()` "
+        f"after start-up and `gc.set_threshold{GC_THRESHOLDS}`, as docs/operations.md "
+        "advises a host of many sessions; every other kind runs with Python's defaults.",
         "",
     ]
     rows = []
