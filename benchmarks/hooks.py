@@ -1,13 +1,15 @@
 """What rtguard costs per call without sockets: the session core deciding one call's life
 (parse its frames, run the ledger, queue the output and response.create) and telemetry
 observing the same events (response span, execute_tool span, one send attempt span, metrics
-with exemplars), with telemetry off, on, and on with 10% sampling.
+with exemplars), with telemetry off, on, and on with 10% sampling; then, under cProfile, whose
+code the time with spans and metrics on is spent in.
 
     .venv/bin/python -m benchmarks.hooks
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
 import time
 
@@ -106,6 +108,40 @@ def with_sdk(ratio: float | None) -> Telemetry:
     return Telemetry(tracer_provider=provider, metrics=RtguardMetrics(CollectorRegistry()))
 
 
+# Where a profiled function's own time is counted: the first part of its file path that
+# matches, in this order.
+OWNERS = {
+    "OpenTelemetry SDK and API": "/opentelemetry/",
+    "prometheus_client": "/prometheus_client/",
+    "rtguard telemetry (the observer)": "/rtguard/telemetry/",
+    "rtguard core, JSON, the drain": "",
+}
+
+
+def time_by_owner(telemetry: Telemetry) -> dict[str, float]:
+    """Shares of the profiled run's own time by whose code it is; a built-in (``isinstance``,
+    ``dict.get``) counts for the function that called it."""
+    profile = cProfile.Profile()
+    profile.runcall(per_call_us, telemetry)
+    shares = dict.fromkeys(OWNERS, 0.0)
+    for entry in profile.getstats():
+        owner = _owner(entry.code)
+        if owner is None:
+            continue
+        shares[owner] += entry.inlinetime
+        for call in entry.calls or ():
+            if _owner(call.code) is None:
+                shares[owner] += call.inlinetime
+    total = sum(shares.values())
+    return {owner: own / total for owner, own in shares.items()}
+
+
+def _owner(code: object) -> str | None:
+    """None for a built-in (the profiler names it with a string, not a code object)."""
+    path = getattr(code, "co_filename", None)
+    return None if path is None else next(o for o, part in OWNERS.items() if part in path)
+
+
 def main() -> None:
     runs = {
         "telemetry off": Telemetry.disabled,
@@ -119,6 +155,11 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, value in results.items():
         print(f"| {name} | {value:.1f} | {value / base:.1f}x |")
+    print("\nspans + metrics under cProfile: own time by whose code it is")
+    print("| code | share |")
+    print("|---|---:|")
+    for owner, share in time_by_owner(with_sdk(None)).items():
+        print(f"| {owner} | {share:.0%} |")
 
 
 if __name__ == "__main__":

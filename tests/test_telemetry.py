@@ -31,7 +31,9 @@ from conftest import Run, run_scenario
 from otlp_receiver import OtlpReceiver
 from rtguard import (
     Agent,
+    CallIncomplete,
     OutputAcknowledged,
+    RealtimeSession,
     RetryPolicy,
     SessionClosed,
     SessionConfig,
@@ -762,3 +764,10 @@ async def test_an_interrupted_turn_ends_interrupted_without_waiting_for_an_answe
     assert attrs(generation)["gen_ai.response.finish_reasons"] != ("stop",)
     # No answer was waited for: the turn ended with its last child.
     assert turn.end_time == max(call.end_time, generation.end_time)  # type: ignore[type-var]
+
+
+def test_disabled_telemetry_does_not_even_look_at_the_events() -> None:
+    session = RealtimeSession(agent, url="ws://127.0.0.1:9/v1/realtime")
+    kinds = (ToolCallReceived, OutputAcknowledged, CallIncomplete, SessionClosed, ResponseDone)
+    assert all(Telemetry().session(session).observes(kind) for kind in kinds)
+    assert not any(Telemetry.disabled().session(session).observes(kind) for kind in kinds)

@@ -124,6 +124,8 @@ class Telemetry:
         self.metrics = metrics
         self.capture_content = capture_content
         self.max_content_chars = max_content_chars
+        self.observing = True
+        """False for ``Telemetry.disabled()``: sessions then skip their events entirely."""
 
     @classmethod
     def default(cls) -> Telemetry:
@@ -134,8 +136,13 @@ class Telemetry:
 
     @classmethod
     def disabled(cls) -> Telemetry:
-        """No spans, no events and no metrics (to measure what telemetry costs)."""
-        return cls(tracer_provider=NoOpTracerProvider(), logger_provider=_logs.NoOpLoggerProvider())
+        """No spans, no events and no metrics, at no cost: sessions do not even look at
+        their events (also what benchmarks compare telemetry against)."""
+        telemetry = cls(
+            tracer_provider=NoOpTracerProvider(), logger_provider=_logs.NoOpLoggerProvider()
+        )
+        telemetry.observing = False
+        return telemetry
 
     def session(self, session: RealtimeSession) -> SessionTelemetry:
         """The observer of one session's events; the session makes it when it is made."""
@@ -219,7 +226,11 @@ class SessionTelemetry:
         self._outage: Loss | None = None  # why the connection ended, until the next opens
         self._cache = _Cache()
         self._refresher: asyncio.Task[None] | None = None
-        self._handlers: dict[type, Callable[[Any], None]] = {
+        self._handlers = self._observers() if telemetry.observing else {}
+
+    def _observers(self) -> dict[type, Callable[[Any], None]]:
+        """What each event type is recorded by; events of other types are skipped."""
+        return {
             SessionStarted: self._session_started,
             SessionInfo: self._session_info,
             ResponseCreated: self._response_created,
