@@ -30,6 +30,12 @@ def said(item_id: str, text: str, role: str = "user") -> dict[str, Any]:
     }
 
 
+def user_audio(item_id: str) -> dict[str, Any]:
+    """A user's spoken item, before its transcript arrives."""
+    part = {"type": "input_audio", "transcript": None}
+    return {"id": item_id, "type": "message", "role": "user", "content": [part]}
+
+
 def ids(items: list[dict[str, Any]]) -> list[str]:
     return [item["id"] for item in items]
 
@@ -93,13 +99,7 @@ def test_the_record_is_bounded_in_items_and_bytes() -> None:
 
 def test_user_audio_is_replayed_as_its_transcript_once_it_is_known() -> None:
     history = History(100, 100_000)
-    audio = {
-        "id": "u1",
-        "type": "message",
-        "role": "user",
-        "content": [{"type": "input_audio", "transcript": None}],
-    }
-    history.item_done(audio)
+    history.item_done(user_audio("u1"))
     history.item_done(said("a1", "hello", role="assistant"))
     assert ids(history.replay(replay_all, open_calls=())) == ["a1"]  # nothing to say yet
     history.transcribed("u1", 0, "what time is it?")
@@ -118,13 +118,7 @@ def test_deleted_and_truncated_items_are_not_replayed() -> None:
 
 def test_a_transcript_counts_towards_the_byte_bound() -> None:
     history = History(100, 400)
-    audio = {
-        "id": "u1",
-        "type": "message",
-        "role": "user",
-        "content": [{"type": "input_audio", "transcript": None}],
-    }
-    history.item_done(audio)
+    history.item_done(user_audio("u1"))
     history.item_done(said("a1", "x" * 100, role="assistant"))
     history.transcribed("u1", 0, "y" * 100)
     assert ids(history.items) == ["u1", "a1"]  # 164 + 164 bytes
