@@ -21,7 +21,7 @@ import gc
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -88,13 +88,21 @@ class _Ear:
                 self.longest = lag
 
     def percentile(self, q: float) -> float:
-        """Nearest rank, to the bucket's upper edge (0.1 ms)."""
-        rank, seen = max(1, math.ceil(q / 100 * sum(self.counts))), 0
-        for bucket, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                return (bucket + 1) * _BUCKET
-        return float("nan")
+        """To the bucket's upper edge (0.1 ms)."""
+        edges = ((bucket + 1) * _BUCKET for bucket in range(len(self.counts)))
+        return histogram_percentile(zip(edges, self.counts, strict=True), q)
+
+
+def histogram_percentile(histogram: Iterable[tuple[float, int]], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of (value, count) pairs in ascending value
+    order; NaN for an empty histogram."""
+    pairs = list(histogram)
+    rank, seen = max(1, math.ceil(q / 100 * sum(count for _, count in pairs))), 0
+    for value, count in pairs:
+        seen += count
+        if seen >= rank:
+            return value
+    return float("nan")
 
 
 @dataclass(frozen=True)
@@ -276,12 +284,7 @@ def _late(histogram: dict[int, int], q: float | None) -> float:
         return 0.0
     if q is None:
         return max(histogram) / 1e3
-    rank, seen = math.ceil(q / 100 * sum(histogram.values())), 0
-    for ms in sorted(histogram):
-        seen += histogram[ms]
-        if seen >= rank:
-            return ms / 1e3
-    return max(histogram) / 1e3
+    return histogram_percentile(((ms / 1e3, histogram[ms]) for ms in sorted(histogram)), q)
 
 
 async def measure(
