@@ -15,8 +15,8 @@ waiting), and leaves out the calls still open: those are carried by the session 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["History", "ReplayPolicy", "replay_all", "replay_last"]
@@ -54,9 +54,44 @@ def replay_last(count: int) -> ReplayPolicy:
     return last
 
 
+@dataclass(slots=True, frozen=True)
+class _Record:
+    """One item as rtguard can recreate it, compact (a voice session keeps dozens of them; a
+    dict per item and per content part costs about three times as much). ``parts`` are a
+    message's (type, text) pairs, text None until an audio part's transcript is known."""
+
+    kind: str
+    role: str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    text: str | None = None  # a call's arguments or an output
+    parts: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def call_key(self) -> tuple[str, str] | None:
+        return (self.kind, self.call_id) if self.call_id is not None else None
+
+    @property
+    def size(self) -> int:
+        texts = [self.text, *(text for _, text in self.parts)]
+        return 64 + sum(len(text) for text in texts if text is not None)
+
+    def item(self, item_id: str) -> Item:
+        """The ``conversation.item.create`` form."""
+        if self.kind == "message":
+            content = [{"type": kind, "text": text} for kind, text in self.parts]
+            return {"id": item_id, "type": self.kind, "role": self.role, "content": content}
+        if self.kind == "function_call":
+            fields = {"call_id": self.call_id, "name": self.name, "arguments": self.text}
+            return {"id": item_id, "type": self.kind, **fields}
+        return {"id": item_id, "type": self.kind, "call_id": self.call_id, "output": self.text}
+
+
 class History:
     def __init__(self, max_items: int, max_bytes: int) -> None:
-        self._items: OrderedDict[str, Item] = OrderedDict()
+        # item id -> its record, oldest first (a dict keeps insertion order; an OrderedDict
+        # would cost a linked-list node per item)
+        self._records: dict[str, _Record] = {}
         # (type, call_id) -> item id: a call and its output are recorded once each, although
         # a carried call comes back under a new item id on every connection it visits.
         self._call_items: dict[tuple[str, str], str] = {}
@@ -65,41 +100,39 @@ class History:
         self._max_bytes = max_bytes
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._records)
 
     @property
     def items(self) -> list[Item]:
-        return list(self._items.values())
+        return [record.item(item_id) for item_id, record in self._records.items()]
 
     def item_done(self, item: Mapping[str, Any]) -> None:
         """The server's final state of an item; one rtguard cannot recreate is skipped."""
         item_id = item.get("id")
-        recreated = _recreatable(item)
-        if not isinstance(item_id, str) or recreated is None:
+        record = _recreatable(item)
+        if not isinstance(item_id, str) or record is None:
             return
-        call = _call_key(recreated)
+        call = record.call_key
         if call is not None and self._call_items.setdefault(call, item_id) != item_id:
             return  # recorded already, under the id of the connection it was first on
-        recreated["id"] = item_id
-        self._store(item_id, recreated)
+        self._store(item_id, record)
 
     def transcribed(self, item_id: str, content_index: object, transcript: object) -> None:
         """A user audio part's transcript arrived (after the item itself)."""
-        item = self._items.get(item_id)
-        if item is None or not isinstance(transcript, str) or not isinstance(content_index, int):
+        record = self._records.get(item_id)
+        if record is None or not isinstance(transcript, str) or not isinstance(content_index, int):
             return
-        content = item.get("content") or []
-        if 0 <= content_index < len(content):
-            self._bytes -= _size(item)
-            content[content_index]["text"] = transcript
-            self._bytes += _size(item)
-            self._evict()
+        parts = record.parts
+        if 0 <= content_index < len(parts):
+            kind, _ = parts[content_index]
+            parts = (*parts[:content_index], (kind, transcript), *parts[content_index + 1 :])
+            self._store(item_id, replace(record, parts=parts))
 
     def remove(self, item_id: str) -> None:
         """The item was deleted, or truncated (the server then drops its transcript too)."""
-        item = self._items.pop(item_id, None)
-        if item is not None:
-            self._forget(item_id, item)
+        record = self._records.pop(item_id, None)
+        if record is not None:
+            self._forget(item_id, record)
 
     def replay(self, policy: ReplayPolicy, open_calls: Collection[str]) -> list[Item]:
         """What a new connection gets: ``policy``'s choice, with every output after its call
@@ -130,51 +163,50 @@ class History:
             kept[position] = None  # a call whose output was not chosen after it
         return [item for item in kept if item is not None]
 
-    def _store(self, item_id: str, item: Item) -> None:
-        """Record ``item``; one recorded already keeps its place in the conversation."""
-        recorded = self._items.get(item_id)
-        self._bytes += _size(item) - (_size(recorded) if recorded is not None else 0)
-        self._items[item_id] = item
+    def _store(self, item_id: str, record: _Record) -> None:
+        """Record ``record``; an item recorded already keeps its place in the conversation."""
+        recorded = self._records.get(item_id)
+        self._bytes += record.size - (recorded.size if recorded is not None else 0)
+        self._records[item_id] = record
         self._evict()
 
     def _evict(self) -> None:
-        while self._items and (len(self._items) > self._max_items or self._bytes > self._max_bytes):
-            oldest, evicted = self._items.popitem(last=False)
-            self._forget(oldest, evicted)
+        while self._records and (
+            len(self._records) > self._max_items or self._bytes > self._max_bytes
+        ):
+            oldest = next(iter(self._records))
+            self._forget(oldest, self._records.pop(oldest))
 
-    def _forget(self, item_id: str, item: Item) -> None:
-        self._bytes -= _size(item)
-        call = _call_key(item)
+    def _forget(self, item_id: str, record: _Record) -> None:
+        self._bytes -= record.size
+        call = record.call_key
         if call is not None and self._call_items.get(call) == item_id:
             del self._call_items[call]
 
 
-def _recreatable(item: Mapping[str, Any]) -> Item | None:
-    """``item`` as ``conversation.item.create`` takes it, or None if it cannot be recreated."""
+def _recreatable(item: Mapping[str, Any]) -> _Record | None:
+    """What of ``item`` ``conversation.item.create`` can recreate, or None if nothing."""
     kind = _canonical(item.get("type"))
-    fields: tuple[str, ...]
+    if kind == "message" and (role := _canonical(item.get("role"))) in _ROLES:
+        parts = tuple(part for part in map(_text_part, item.get("content") or ()) if part)
+        return _Record(kind, role=role, parts=parts)
+    call_id, name = item.get("call_id"), item.get("name")
+    if not isinstance(call_id, str):
+        return None
     if kind == "function_call":
         if item.get("status") == "incomplete":
             return None  # cut off before its arguments were complete: never issued
-        fields = ("call_id", "name", "arguments")
-    elif kind == "function_call_output":
-        fields = ("call_id", "output")
-    elif kind == "message" and (role := _canonical(item.get("role"))) in _ROLES:
-        content = [part for part in map(_text_part, item.get("content") or ()) if part]
-        return {"type": kind, "role": role, "content": content}
-    else:
-        return None
-    if not all(isinstance(item.get(key), str) for key in fields):
-        return None
-    return {"type": kind, **{key: item[key] for key in fields}}
+        arguments = item.get("arguments")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            return None
+        return _Record(kind, call_id=call_id, name=name, text=arguments)
+    output = item.get("output")
+    if kind == "function_call_output" and isinstance(output, str):
+        return _Record(kind, call_id=call_id, text=output)
+    return None
 
 
-def _call_key(item: Item) -> tuple[str, str] | None:
-    call_id = item.get("call_id")
-    return (item["type"], call_id) if isinstance(call_id, str) else None
-
-
-def _text_part(part: object) -> Item | None:
+def _text_part(part: object) -> tuple[str, str | None] | None:
     """A content part as text: audio becomes its transcript (None until one is known; kept
     so that a later transcript finds its index)."""
     if not isinstance(part, Mapping):
@@ -182,13 +214,10 @@ def _text_part(part: object) -> Item | None:
     kind = _canonical(part.get("type"))
     if kind in _TEXT_PARTS:
         text = part.get("text")
-        return {"type": kind, "text": text} if isinstance(text, str) else None
+        return (kind, text) if isinstance(text, str) else None
     if kind in _TRANSCRIBED_PARTS:
         transcript = part.get("transcript")
-        return {
-            "type": _TRANSCRIBED_PARTS[kind],
-            "text": transcript if isinstance(transcript, str) else None,
-        }
+        return (_TRANSCRIBED_PARTS[kind], transcript if isinstance(transcript, str) else None)
     return None
 
 
@@ -209,9 +238,3 @@ def _checked(item: object) -> Item:
     elif not isinstance(copied.get("call_id"), str):
         raise TypeError(f"a replay policy returned a {copied['type']} without a call_id")
     return copied
-
-
-def _size(item: Item) -> int:
-    texts = [item.get("arguments"), item.get("output")]
-    texts += [part.get("text") for part in item.get("content") or ()]
-    return 64 + sum(len(text) for text in texts if isinstance(text, str))

@@ -15,7 +15,6 @@ turn-taking), so nothing that depends on a call's state is ever set on just one 
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -234,7 +233,7 @@ class CallLedger:
         self._open: dict[str, Call] = {}
         self._streaming: dict[str, list[str]] = {}  # response id -> its settled call ids
         self._held: set[str] = set()  # the ids in _streaming
-        self._settled: OrderedDict[str, None] = OrderedDict()  # after their response ended
+        self._settled: dict[str, None] = {}  # after their response ended, oldest first
         self._remember_settled = remember_settled
         self._on_move = on_move
         self.active_count = 0
@@ -310,4 +309,4 @@ class CallLedger:
     def _remember(self, call_id: str) -> None:
         self._settled[call_id] = None
         if len(self._settled) > self._remember_settled:
-            self._settled.popitem(last=False)
+            del self._settled[next(iter(self._settled))]
