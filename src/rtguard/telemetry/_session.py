@@ -611,16 +611,18 @@ class SessionTelemetry:
         now = time.time_ns()
         self._end_attempt(call, now)
         span = call.span
-        delivered = isinstance(event, OutputAcknowledged)
+        outcome = call.outcome.value if call.outcome is not None else n.OUTCOME_CANCELLED
+        attributes: dict[str, Any] = {
+            n.RTGUARD_DELIVERED: isinstance(event, OutputAcknowledged),
+            n.RTGUARD_SEND_ATTEMPTS: call.attempts,
+            n.RTGUARD_OUTCOME: outcome,
+        }
         if isinstance(event, CallIncomplete):
-            span.set_attribute(n.RTGUARD_INCOMPLETE_REASON, event.reason.value)
+            attributes[n.RTGUARD_INCOMPLETE_REASON] = event.reason.value
             call.turn.session_ended |= event.reason in _SESSION_ENDS
             if call.error_type is None:
                 _fail_call(call, _incomplete_error_type(event.reason), event.last_error, at=now)
-        span.set_attribute(n.RTGUARD_DELIVERED, delivered)
-        span.set_attribute(n.RTGUARD_SEND_ATTEMPTS, call.attempts)
-        outcome = call.outcome.value if call.outcome is not None else n.OUTCOME_CANCELLED
-        span.set_attribute(n.RTGUARD_OUTCOME, outcome)
+        span.set_attributes(attributes)
         if self._metrics:
             self._observe_settled(call, event)
         span.end(now)
