@@ -185,18 +185,18 @@ class History:
 
 
 def _recreatable(item: Mapping[str, Any]) -> _Record | None:
-    """What of ``item`` ``conversation.item.create`` can recreate, or None if nothing."""
+    """The record of ``item`` that ``conversation.item.create`` can recreate, or None."""
     kind = _canonical(item.get("type"))
     if kind == "message" and (role := _canonical(item.get("role"))) in _ROLES:
         parts = tuple(part for part in map(_text_part, item.get("content") or ()) if part)
         return _Record(kind, role=role, parts=parts)
-    call_id, name = item.get("call_id"), item.get("name")
+    call_id = item.get("call_id")
     if not isinstance(call_id, str):
         return None
     if kind == "function_call":
         if item.get("status") == "incomplete":
             return None  # cut off before its arguments were complete: never issued
-        arguments = item.get("arguments")
+        name, arguments = item.get("name"), item.get("arguments")
         if not isinstance(name, str) or not isinstance(arguments, str):
             return None
         return _Record(kind, call_id=call_id, name=name, text=arguments)
