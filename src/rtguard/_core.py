@@ -253,17 +253,19 @@ class SessionCore:
         )
         self._deadlines = Deadlines()
         self._event_ids = protocol.event_ids()
-        self._events: deque[CoreEvent] = deque()
-        self._frames: deque[Frame] = deque()
-        self._jobs: deque[Job] = deque()
+        # Lists, not deques, for what is drained after every input or holds a handful: each
+        # holds a few items at a time, and an empty deque costs 760 bytes (a list 56).
+        self._events: list[CoreEvent] = []
+        self._frames: deque[Frame] = deque()  # holds the app's frames through an outage
+        self._jobs: list[Job] = []
         self._waiting: deque[Call] = deque()  # RECEIVED calls waiting for a tool slot
         self._attempts: dict[str, Call] = {}  # output event_id -> call, while refusable
-        self._updates: deque[_SessionUpdate] = deque()
+        self._updates: list[_SessionUpdate] = []
         self._response_create_id: str | None = None
         self._create_failures = 0
         self._response_deadline: _Response | None = None  # armed for the response in progress
         self._writing: Frame | None = None  # handed to the writer, its fate not reported yet
-        self._link_actions: deque[LinkAction] = deque()
+        self._link_actions: list[LinkAction] = []
         self._outage: _Outage | None = None
         self._unconfirmed_attempts = 0  # of the last resume, until its session.updated
         self._carries: dict[str, Call] = {}  # recreated function_call event_id -> call
@@ -287,7 +289,7 @@ class SessionCore:
     # --- what the asyncio layer drains ------------------------------------------------------
 
     def next_event(self) -> CoreEvent | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def next_frame(self) -> Frame | None:
         """The next frame to write (None while there is no connection); output attempts that
@@ -301,10 +303,10 @@ class SessionCore:
         return None
 
     def next_link_action(self) -> LinkAction | None:
-        return self._link_actions.popleft() if self._link_actions else None
+        return self._link_actions.pop(0) if self._link_actions else None
 
     def next_job(self) -> Job | None:
-        return self._jobs.popleft() if self._jobs else None
+        return self._jobs.pop(0) if self._jobs else None
 
     def next_deadline(self) -> float | None:
         return self._deadlines.earliest()
@@ -556,7 +558,7 @@ class SessionCore:
         if event.type == "session.updated":
             self._unconfirmed_attempts = 0  # the server took the resumed connection
             if self._updates:
-                self._update_applied(self._updates.popleft(), now)
+                self._update_applied(self._updates.pop(0), now)
 
     def _on_response_created(self, event: protocol.ResponseCreated, now: float) -> None:
         self._turns.response_created(event.response_id)
@@ -800,7 +802,7 @@ class SessionCore:
             # Resending could give the model two outputs if only the confirmation was lost.
             self._settle(call, CallState.INCOMPLETE, IncompleteReason.UNACKNOWLEDGED, now)
         elif call.state is CallState.HANDING_OFF:
-            self._updates = deque(u for u in self._updates if u.call is not call)
+            self._updates = [u for u in self._updates if u.call is not call]
             timeout = self.config.ack_timeout
             error = HandoffError(
                 call.tool_name, f"the server did not confirm the handoff within {timeout:g} s"

@@ -15,6 +15,7 @@ waiting), and leaves out the calls still open: those are carried by the session 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -68,10 +69,6 @@ class _Record:
     parts: tuple[tuple[str, str | None], ...] = ()
 
     @property
-    def call_key(self) -> tuple[str, str] | None:
-        return (self.kind, self.call_id) if self.call_id is not None else None
-
-    @property
     def size(self) -> int:
         texts = [self.text, *(text for _, text in self.parts)]
         return 64 + sum(len(text) for text in texts if text is not None)
@@ -92,9 +89,12 @@ class History:
         # item id -> its record, oldest first (a dict keeps insertion order; an OrderedDict
         # would cost a linked-list node per item)
         self._records: dict[str, _Record] = {}
-        # (type, call_id) -> item id: a call and its output are recorded once each, although
+        # type -> call_id -> item id: a call and its output are recorded once each, although
         # a carried call comes back under a new item id on every connection it visits.
-        self._call_items: dict[tuple[str, str], str] = {}
+        self._call_items: dict[str, dict[str, str]] = {
+            "function_call": {},
+            "function_call_output": {},
+        }
         self._bytes = 0
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -112,9 +112,10 @@ class History:
         record = _recreatable(item)
         if not isinstance(item_id, str) or record is None:
             return
-        call = record.call_key
-        if call is not None and self._call_items.setdefault(call, item_id) != item_id:
-            return  # recorded already, under the id of the connection it was first on
+        if record.call_id is not None:
+            items = self._call_items[record.kind]
+            if items.setdefault(record.call_id, item_id) != item_id:
+                return  # recorded already, under the id of the connection it was first on
         self._store(item_id, record)
 
     def transcribed(self, item_id: str, content_index: object, transcript: object) -> None:
@@ -179,9 +180,10 @@ class History:
 
     def _forget(self, item_id: str, record: _Record) -> None:
         self._bytes -= record.size
-        call = record.call_key
-        if call is not None and self._call_items.get(call) == item_id:
-            del self._call_items[call]
+        if record.call_id is not None:
+            items = self._call_items[record.kind]
+            if items.get(record.call_id) == item_id:
+                del items[record.call_id]
 
 
 def _recreatable(item: Mapping[str, Any]) -> _Record | None:
@@ -193,13 +195,14 @@ def _recreatable(item: Mapping[str, Any]) -> _Record | None:
     call_id = item.get("call_id")
     if not isinstance(call_id, str):
         return None
+    call_id = sys.intern(call_id)  # the ledger's copy, and one for a call and its output
     if kind == "function_call":
         if item.get("status") == "incomplete":
             return None  # cut off before its arguments were complete: never issued
         name, arguments = item.get("name"), item.get("arguments")
         if not isinstance(name, str) or not isinstance(arguments, str):
             return None
-        return _Record(kind, call_id=call_id, name=name, text=arguments)
+        return _Record(kind, call_id=call_id, name=sys.intern(name), text=arguments)
     output = item.get("output")
     if kind == "function_call_output" and isinstance(output, str):
         return _Record(kind, call_id=call_id, text=output)

@@ -9,6 +9,7 @@ format is testable in microseconds and the transport stays a thin pump.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,7 +286,8 @@ def _function_call(fields: Mapping[str, Any], response_id: str | None) -> Functi
     name = fields.get("name")
     arguments = fields.get("arguments")
     return FunctionCall(
-        call_id=_required_str(fields, "call_id"),
+        # Interned: the ledger and the history keep a call's id for minutes, one copy for both.
+        call_id=sys.intern(_required_str(fields, "call_id")),
         # A call without a usable name is still answered (as an unknown tool), never dropped.
         name=name if isinstance(name, str) else "",
         arguments=arguments if isinstance(arguments, str) else None,

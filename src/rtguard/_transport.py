@@ -17,7 +17,6 @@ in between, for each of the fifty audio chunks a second a speaking model sends.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,7 +91,7 @@ class _Connection(ClientConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.mode = _HOLD
-        self.held: deque[Frame] = deque()  # whole messages, one frame each
+        self.held: list[Frame] = []  # whole messages, one frame each (a list: at most 16)
         self.receiver: Callable[[Frame], None] = _ignore
         self.ended: Callable[[], None] = _nothing
         self._parts: list[Frame] = []  # a fragmented message so far
@@ -205,7 +204,7 @@ class WebSocketTransport:
             if connection.mode == _HOLD:
                 connection.mode = _PULL
             if connection.held:
-                return _payload(connection.held.popleft())
+                return _payload(connection.held.pop(0))
         try:
             return await connection.recv()
         except websockets.ConnectionClosed as exc:
@@ -249,7 +248,7 @@ class WebSocketTransport:
 
         connection.mode, connection.receiver, connection.ended = _PUSH, push, closed
         while connection.held and connection.mode == _PUSH:
-            push(connection.held.popleft())
+            push(connection.held.pop(0))
         if connection.mode == _PUSH and connection.state is websockets.State.CLOSED:
             connection.mode = _DISCARD  # it ended before the session took over
             closed()
