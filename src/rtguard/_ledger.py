@@ -70,6 +70,11 @@ class CallState(enum.Enum):
     INCOMPLETE = "incomplete"
     """Ended without a model-visible output; the call's ``IncompleteReason`` says why."""
 
+    # Members are singletons, so identity is their equality: the identity hash (a C slot)
+    # instead of Enum's hash of the name in Python, which the state sets below cost ~30
+    # times per call.
+    __hash__ = object.__hash__
+
 
 _S = CallState
 _TRANSITIONS: dict[CallState, frozenset[CallState]] = {
