@@ -69,8 +69,8 @@ class VoiceSession:
                 if not isinstance(event, RaiseToApp | AppFrameDone):
                     self.telemetry.observe(event)
             if (job := core.next_job()) is not None:
-                answer = Prepared({"key": "k"}, needs_approval=False)
-                result = answer if isinstance(job, Prepare) else Returned("K")
+                prepared = isinstance(job, Prepare)
+                result = Prepared({"key": "k"}, needs_approval=False) if prepared else Returned("K")
                 core.job_done(job.call, result, self.now)
             elif (frame := core.next_frame()) is not None:
                 core.frame_written(frame, self.now)
