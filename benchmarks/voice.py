@@ -58,6 +58,9 @@ FULL_SECONDS, QUICK_SECONDS = 20.0, 4.0
 FULL_WARMUP, QUICK_WARMUP = CALL_EVERY, 2.0
 SOAK_KINDS, SOAK_SESSIONS, SOAK_SECONDS, SOAK_SAMPLE_EVERY = ("raw", "rtguard-on"), 100, 600.0, 10.0
 PROFILE_KINDS, PROFILE_SECONDS = ("raw", "rtguard-on"), 8.0
+# The targets' sizes and kinds run in this many interleaved rounds (the sweep is the first):
+# the host's noise moves one run's CPU by 10% or more, as much as the margin measured.
+ROUNDS, ROUND_SIZES, ROUND_KINDS = 3, (250, 400), ("raw", "rtguard-off", "rtguard-on")
 KEPT_UP_LAG = 0.100  # seconds: p99 audio lag under this (and every call answered) keeps up
 SESSIONS_PER_SIMULATOR = 200
 SIMULATORS = 3  # enough for the largest S
@@ -269,9 +272,24 @@ class VoiceResult:
     seconds: float
     warmup: float
     runs: dict[tuple[str, int], VoiceRun] = field(default_factory=dict)
+    # (kind, S) -> the runs of the rounds after the sweep's, in order
+    later_rounds: dict[tuple[str, int], list[VoiceRun]] = field(default_factory=dict)
     skipped: dict[tuple[str, int], int] = field(default_factory=dict)  # -> S it fell behind at
     soak: list[VoiceRun] = field(default_factory=list)
     profiles: list[tuple[VoiceRun, Any]] = field(default_factory=list)
+
+    def rounds(self, kind: str, size: int) -> list[VoiceRun]:
+        """Every run of ``kind`` at ``size``, the sweep's first; empty if it was not run."""
+        first = self.runs.get((kind, size))
+        return [first, *self.later_rounds.get((kind, size), [])] if first else []
+
+    def of_raw(self, kind: str, size: int) -> list[float]:
+        """``kind``'s CPU per session-second over the raw client's, round by round (a round's
+        runs are back to back, so they share the host's state of the moment)."""
+        return [
+            m.cpu_per_session_second / raw.cpu_per_session_second
+            for m, raw in zip(self.rounds(kind, size), self.rounds("raw", size), strict=False)
+        ]
 
     def largest_kept_up(self, kind: str) -> int | None:
         kept = [s for (k, s), m in self.runs.items() if k == kind and m.kept_up]
@@ -412,6 +430,13 @@ async def run(
                 m = await measure(sims, workers, kind, size, seconds, warmup)
                 result.runs[(kind, size)] = m
                 log(_line(m))
+        for _ in range(0 if quick else ROUNDS - 1):
+            for size in ROUND_SIZES:
+                for kind in ROUND_KINDS:
+                    if (kind, size) in result.runs:  # not skipped in the sweep
+                        m = await measure(sims, workers, kind, size, seconds, warmup)
+                        result.later_rounds.setdefault((kind, size), []).append(m)
+                        log("again " + _line(m))
         if not quick:  # side by side, each kind with its own simulator
             result.soak = list(
                 await asyncio.gather(
