@@ -283,10 +283,11 @@ def _voice_targets(v: VoiceResult) -> list[Target]:
     for size in (250, 400):
         ratios = v.of_raw("rtguard-on", size)
         if ratios:
+            median = statistics.median(ratios)
             each = " / ".join(f"{r:.2f}" for r in ratios)
-            cpu.append(
-                (statistics.median(ratios), f"{size}: {statistics.median(ratios):.2f}x ({each})")
-            )
+            runs = v.rounds("raw", size) + v.rounds("rtguard-on", size)
+            saturated = "" if all(m.kept_up for m in runs) else ", not every run kept up"
+            cpu.append((median, f"{size}: {median:.2f}x ({each}{saturated})"))
     if cpu:
         rounds = max(len(v.rounds("rtguard-on", size)) for size in (250, 400))
         out.append(
