@@ -1,8 +1,9 @@
 """What rtguard costs per call without sockets: the session core deciding one call's life
 (parse its frames, run the ledger, queue the output and response.create) and telemetry
 observing the same events (response span, execute_tool span, one send attempt span, metrics
-with exemplars), with telemetry off, on, and on with 10% sampling; then, under cProfile, whose
-code the time with spans and metrics on is spent in.
+with exemplars), with telemetry off, on, and on with 10% sampling; the floor under telemetry's
+cost (the same spans and samples made directly with the SDKs, no observer); then, under
+cProfile, whose code the time with spans and metrics on is spent in.
 
     .venv/bin/python -m benchmarks.hooks
 """
@@ -11,12 +12,24 @@ from __future__ import annotations
 
 import cProfile
 import json
+import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from prometheus_client import CollectorRegistry
+from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from rtguard import Agent, SessionConfig, function_tool
 from rtguard._core import Prepare, Prepared, Returned, SessionCore
@@ -24,6 +37,7 @@ from rtguard._events import RaiseToApp
 from rtguard.telemetry import RtguardMetrics, Telemetry
 
 CALLS = 20_000
+PATTERN_CALLS = 500  # the floor records rtguard's telemetry for this many calls, then repeats it
 
 
 class _Discard(SpanExporter):
@@ -66,7 +80,7 @@ def _frames(i: int) -> list[str]:
     return [json.dumps(e) for e in events]
 
 
-def per_call_us(telemetry: Telemetry) -> float:
+def per_call_us(telemetry: Telemetry, calls: int = CALLS) -> float:
     core = SessionCore(AGENT, SessionConfig())
     observer = telemetry.session(_Session(core))  # type: ignore[arg-type]
 
@@ -88,7 +102,7 @@ def per_call_us(telemetry: Telemetry) -> float:
 
     core.connected(0.0)
     drain()
-    frames = [_frames(i) for i in range(CALLS)]
+    frames = [_frames(i) for i in range(calls)]
     started = time.process_time()
     for created, arguments, done, ack in frames:
         core.receive_frame(created, 0.0)
@@ -98,7 +112,7 @@ def per_call_us(telemetry: Telemetry) -> float:
         core.receive_frame(ack, 0.0)
         drain()
     assert core.ledger.open_count == 0
-    return (time.process_time() - started) / CALLS * 1e6
+    return (time.process_time() - started) / calls * 1e6
 
 
 def with_sdk(ratio: float | None) -> Telemetry:
@@ -106,6 +120,107 @@ def with_sdk(ratio: float | None) -> Telemetry:
     provider = TracerProvider(sampler=sampler) if sampler else TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=CALLS * 4))
     return Telemetry(tracer_provider=provider, metrics=RtguardMetrics(CollectorRegistry()))
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Per call, without sockets (us of CPU): what telemetry adds, and how much of that is
+    the SDKs' own work."""
+
+    off_us: float  # the core, telemetry off
+    on_us: float  # the core with spans and metrics
+    sdk_us: float  # the same spans and samples made directly with the SDKs, no observer
+
+    @property
+    def sdk_share(self) -> float:
+        """Of what spans and metrics add per call, the part the SDKs themselves cost."""
+        return self.sdk_us / (self.on_us - self.off_us)
+
+
+def telemetry_floor(calls: int = CALLS, repeats: int = 3) -> Floor:
+    """Best of ``repeats`` interleaved runs of each."""
+    runs: list[Callable[[], float]] = [
+        lambda: per_call_us(Telemetry.disabled(), calls),
+        lambda: per_call_us(with_sdk(None), calls),
+        lambda: sdk_floor_us(calls),
+    ]
+    best = [math.inf] * len(runs)
+    for _ in range(repeats):
+        best = [min(b, measure()) for b, measure in zip(best, runs, strict=True)]
+    return Floor(*best)
+
+
+def sdk_floor_us(calls: int = CALLS) -> float:
+    """What telemetry would cost per call with a free observer: the spans (names, kinds,
+    parents, attributes, events, status) and the metric samples rtguard's observer made for
+    PATTERN_CALLS calls, recorded once, then made again directly with the SDKs, ``calls``
+    calls' worth, on the same set-up as the spans + metrics run."""
+    exporter = InMemorySpanExporter()
+    recording = TracerProvider()
+    recording.add_span_processor(SimpleSpanProcessor(exporter))
+    recorded_metrics = RtguardMetrics(CollectorRegistry())
+    per_call_us(Telemetry(tracer_provider=recording, metrics=recorded_metrics), PATTERN_CALLS)
+    spans = _span_plan(exporter.get_finished_spans())
+    samples = _samples_made(recorded_metrics)
+
+    replay = with_sdk(None)
+    tracer, metrics = replay.tracer, replay.metrics
+    assert metrics is not None
+    children = [
+        (getattr(metrics, name).labels(**labels) if labels else getattr(metrics, name), *rest)
+        for name, labels, *rest in samples
+    ]
+    linked = {"trace_id": "1" * 32, "span_id": "1" * 16}
+    turn = trace.set_span_in_context(tracer.start_span("turn"))  # open all run, as rtguard's
+    started = time.process_time()
+    for _ in range(calls // PATTERN_CALLS):
+        contexts: dict[int, Any] = {}  # of the spans that are parents, by position
+        for i, (name, kind, parent, is_parent, attributes, events, status) in enumerate(spans):
+            span = tracer.start_span(name, contexts.get(parent, turn), kind, attributes)
+            for event_name, event_attributes in events:
+                span.add_event(event_name, event_attributes)
+            if status.status_code is not StatusCode.UNSET:
+                span.set_status(status)
+            if is_parent:
+                contexts[i] = trace.set_span_in_context(span)
+            span.end()
+        for child, histogram, count in children:
+            for _ in range(count):
+                if histogram:
+                    child.observe(0.01, linked)
+                else:
+                    child.inc()
+    return (time.process_time() - started) / calls * 1e6
+
+
+def _span_plan(spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
+    """The spans in the order they started, each with its parent's position (-1: the turn)
+    and whether it is a parent."""
+    ordered = sorted(spans, key=lambda span: span.start_time or 0)
+    position = {span.context.span_id: i for i, span in enumerate(ordered) if span.context}
+    parents = [position.get(span.parent.span_id, -1) if span.parent else -1 for span in ordered]
+    is_parent, plan = set(parents), []
+    for i, (span, parent) in enumerate(zip(ordered, parents, strict=True)):
+        assert parent < i, "a parent starts before its child"
+        events = [(event.name, dict(event.attributes or {})) for event in span.events]
+        attributes = dict(span.attributes or {})
+        plan.append((span.name, span.kind, parent, i in is_parent, attributes, events, span.status))
+    return plan
+
+
+def _samples_made(metrics: RtguardMetrics) -> list[tuple[str, dict[str, str], bool, int]]:
+    """Every counter increment and histogram observation recorded: (the attribute of
+    RtguardMetrics, its labels, whether it is a histogram, how many)."""
+    made = []
+    for name, metric in vars(metrics).items():
+        if not isinstance(metric, Counter | Histogram):
+            continue
+        histogram = isinstance(metric, Histogram)
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_count" if histogram else "_total") and sample.value:
+                    made.append((name, sample.labels, histogram, round(sample.value)))
+    return made
 
 
 # Where a profiled function's own time is counted: the first part of its file path that
@@ -143,18 +258,25 @@ def _owner(code: object) -> str | None:
 
 
 def main() -> None:
-    runs = {
-        "telemetry off": Telemetry.disabled,
-        "spans + metrics": lambda: with_sdk(None),
-        "spans sampled 10% + metrics": lambda: with_sdk(0.1),
+    floor = telemetry_floor()
+    results = {
+        "telemetry off": floor.off_us,
+        "spans + metrics": floor.on_us,
+        "spans sampled 10% + metrics": min(per_call_us(with_sdk(0.1)) for _ in range(3)),
+        "telemetry off + the SDKs' own work for the same spans and samples": (
+            floor.off_us + floor.sdk_us
+        ),
     }
-    results = {name: min(per_call_us(make()) for _ in range(3)) for name, make in runs.items()}
-    base = results["telemetry off"]
     print(f"rtguard per call without sockets ({CALLS:,} calls, best of 3, CPU time)")
     print("| set-up | us/call | of telemetry off |")
     print("|---|---:|---:|")
     for name, value in results.items():
-        print(f"| {name} | {value:.1f} | {value / base:.1f}x |")
+        print(f"| {name} | {value:.1f} | {value / floor.off_us:.1f}x |")
+    print(
+        f"\nWhat spans + metrics add per call: {floor.on_us - floor.off_us:.1f} us, of which "
+        f"the SDKs' own work {floor.sdk_us:.1f} us ({floor.sdk_share:.0%}), rtguard's observer "
+        "the rest."
+    )
     print("\nspans + metrics under cProfile: own time by whose code it is")
     print("| code | share |")
     print("|---|---:|")

@@ -251,6 +251,14 @@ def targets(r: Results) -> list[Target]:
                 extra = (
                     f"; with OTLP export {_pct(1 - otlp.calls_per_second / off.calls_per_second)}"
                 )
+            floor = r.telemetry.floor
+            if floor:
+                # A client that is CPU-bound (these are) loses calls/s as it gains CPU per call.
+                sdk_cost = floor.sdk_us / (off.cpu_us_per_call + floor.sdk_us)
+                extra += (
+                    f"; the SDKs' own work for the same spans and samples would cost "
+                    f"{_pct(sdk_cost)} with a free observer ([floor](#telemetry-cost))"
+                )
             out.append(
                 Target(
                     "Tool-call path: every call traced and every metric on costs at most 15% "
@@ -676,6 +684,23 @@ def _telemetry(tel: TelemetryResult) -> list[str]:
             f"OTLP: the receiver decoded {tel.spans_received:,} of the {tel.spans_ended:,} spans "
             f"rtguard ended ({_pct(tel.spans_received / tel.spans_ended)}); the "
             "BatchSpanProcessor drops spans when its queue (2,048) is full.",
+            "",
+        ]
+    floor = tel.floor
+    if floor is not None:
+        added = floor.on_us - floor.off_us
+        lines += [
+            "The floor under that cost, without sockets (`benchmarks.hooks.telemetry_floor`, "
+            "best of interleaved runs): the session core deciding one call's life costs "
+            f"{floor.off_us:.0f} us of CPU with telemetry off and {floor.on_us:.0f} with spans "
+            f"and metrics, {added:.0f} us more. Making the same spans (names, kinds, parents, "
+            "attributes, events, status) and the same metric samples directly with the "
+            "OpenTelemetry SDK and prometheus_client, recorded from rtguard's run and replayed "
+            f"with no observer, costs {floor.sdk_us:.0f} us per call: {_pct(floor.sdk_share)} "
+            "of what telemetry adds is the SDKs' own work, the rest rtguard's observer. Added "
+            f"to telemetry off's {_n(off.cpu_us_per_call) if off else 'n/a'} us per call on "
+            "the socket, that work alone would take the calls/s the target row says; fewer "
+            "spans per call (sampling) lowers it, a faster observer cannot.",
             "",
         ]
     return lines
