@@ -247,7 +247,7 @@ def targets(r: Results) -> list[Target]:
         if off and full:
             # Judged on CPU per call, what a client bound by its CPU loses in calls/s: the
             # measured calls/s understate it when the simulator caps the runs without telemetry.
-            cost = 1 - off.cpu_us_per_call / full.cpu_us_per_call
+            cost = _cpu_bound_loss(off.cpu_us_per_call, full.cpu_us_per_call)
             measured = 1 - full.calls_per_second / off.calls_per_second
             extra = (
                 f" (measured: {_pct(measured)} of calls/s, the simulator at "
@@ -255,11 +255,12 @@ def targets(r: Results) -> list[Target]:
             )
             if otlp:
                 extra += (
-                    f"; with OTLP export {_pct(1 - off.cpu_us_per_call / otlp.cpu_us_per_call)}"
+                    f"; with OTLP export "
+                    f"{_pct(_cpu_bound_loss(off.cpu_us_per_call, otlp.cpu_us_per_call))}"
                 )
             floor = r.telemetry.floor
             if floor:
-                sdk_cost = floor.sdk_us / (off.cpu_us_per_call + floor.sdk_us)
+                sdk_cost = _cpu_bound_loss(off.cpu_us_per_call, off.cpu_us_per_call + floor.sdk_us)
                 extra += (
                     f"; the SDKs' own work for the same spans and samples would cost "
                     f"{_pct(sdk_cost)} with a free observer ([floor](#telemetry-cost))"
@@ -641,6 +642,12 @@ def _completion(comp: CompletionResult) -> list[str]:
         )
         + footer
     )
+
+
+def _cpu_bound_loss(off_us: float, on_us: float) -> float:
+    """The share of its calls/s a client bound by its CPU loses when a call takes ``on_us``
+    of CPU instead of ``off_us``."""
+    return 1 - off_us / on_us
 
 
 def _telemetry(tel: TelemetryResult) -> list[str]:
