@@ -2,7 +2,8 @@
 (parse its frames, run the ledger, queue the output and response.create) and telemetry
 observing the same events (response span, execute_tool span, one send attempt span, metrics
 with exemplars), with telemetry off, on, and on with 10% sampling; the floor under telemetry's
-cost (the same spans and samples made directly with the SDKs, no observer); then, under
+cost (the same spans and samples made directly with the SDKs after each call of the core with
+telemetry off, no observer); then, under
 cProfile, whose code the time with spans and metrics on is spent in.
 
     .venv/bin/python -m benchmarks.hooks
@@ -11,6 +12,7 @@ cProfile, whose code the time with spans and metrics on is spent in.
 from __future__ import annotations
 
 import cProfile
+import functools
 import json
 import math
 import time
@@ -80,7 +82,9 @@ def _frames(i: int) -> list[str]:
     return [json.dumps(e) for e in events]
 
 
-def per_call_us(telemetry: Telemetry, calls: int = CALLS) -> float:
+def per_call_us(
+    telemetry: Telemetry, calls: int = CALLS, after_call: Callable[[], None] | None = None
+) -> float:
     core = SessionCore(AGENT, SessionConfig())
     observer = telemetry.session(_Session(core))  # type: ignore[arg-type]
 
@@ -111,6 +115,8 @@ def per_call_us(telemetry: Telemetry, calls: int = CALLS) -> float:
         core.receive_frame(done, 0.0)
         core.receive_frame(ack, 0.0)
         drain()
+        if after_call is not None:
+            after_call()
     assert core.ledger.open_count == 0
     return (time.process_time() - started) / calls * 1e6
 
@@ -129,7 +135,11 @@ class Floor:
 
     off_us: float  # the core, telemetry off
     on_us: float  # the core with spans and metrics
-    sdk_us: float  # the same spans and samples made directly with the SDKs, no observer
+    sdk_work_us: float  # the core, telemetry off, and the same spans and samples made directly
+
+    @property
+    def sdk_us(self) -> float:
+        return self.sdk_work_us - self.off_us
 
     @property
     def sdk_share(self) -> float:
@@ -142,7 +152,7 @@ def telemetry_floor(calls: int = CALLS, repeats: int = 3) -> Floor:
     runs: list[Callable[[], float]] = [
         lambda: per_call_us(Telemetry.disabled(), calls),
         lambda: per_call_us(with_sdk(None), calls),
-        lambda: sdk_floor_us(calls),
+        lambda: per_call_us(Telemetry.disabled(), calls, SdkReplay().next_call),
     ]
     best = [math.inf] * len(runs)
     for _ in range(repeats):
@@ -150,47 +160,54 @@ def telemetry_floor(calls: int = CALLS, repeats: int = 3) -> Floor:
     return Floor(*best)
 
 
-def sdk_floor_us(calls: int = CALLS) -> float:
-    """What telemetry would cost per call with a free observer: the spans (names, kinds,
-    parents, attributes, events, status) and the metric samples rtguard's observer made for
-    PATTERN_CALLS calls, recorded once, then made again directly with the SDKs, ``calls``
-    calls' worth, on the same set-up as the spans + metrics run."""
-    exporter = InMemorySpanExporter()
-    recording = TracerProvider()
-    recording.add_span_processor(SimpleSpanProcessor(exporter))
-    recorded_metrics = RtguardMetrics(CollectorRegistry())
-    per_call_us(Telemetry(tracer_provider=recording, metrics=recorded_metrics), PATTERN_CALLS)
-    spans = _span_plan(exporter.get_finished_spans())
-    samples = _samples_made(recorded_metrics)
+class SdkReplay:
+    """What telemetry would cost with a free observer. The spans (names, kinds, parents,
+    attributes, events, status) and metric samples rtguard's observer made for
+    PATTERN_CALLS calls are recorded once, then made again directly with the SDKs, on the
+    same set-up as the spans + metrics run: one call's share after each call of a core
+    whose telemetry is off, so the core and the SDKs share the CPU's caches as they do with
+    the observer between them."""
 
-    replay = with_sdk(None)
-    tracer, metrics = replay.tracer, replay.metrics
-    assert metrics is not None
-    children = [
-        (getattr(metrics, name).labels(**labels) if labels else getattr(metrics, name), *rest)
-        for name, labels, *rest in samples
-    ]
-    linked = {"trace_id": "1" * 32, "span_id": "1" * 16}
-    turn = trace.set_span_in_context(tracer.start_span("turn"))  # open all run, as rtguard's
-    started = time.process_time()
-    for _ in range(calls // PATTERN_CALLS):
-        contexts: dict[int, Any] = {}  # of the spans that are parents, by position
-        for i, (name, kind, parent, is_parent, attributes, events, status) in enumerate(spans):
-            span = tracer.start_span(name, contexts.get(parent, turn), kind, attributes)
+    def __init__(self) -> None:
+        exporter = InMemorySpanExporter()
+        recording = TracerProvider()
+        recording.add_span_processor(SimpleSpanProcessor(exporter))
+        recorded_metrics = RtguardMetrics(CollectorRegistry())
+        per_call_us(Telemetry(tracer_provider=recording, metrics=recorded_metrics), PATTERN_CALLS)
+        self._spans = _span_plan(exporter.get_finished_spans())
+        replay = with_sdk(None)
+        self._tracer, metrics = replay.tracer, replay.metrics
+        assert metrics is not None
+        linked = {"trace_id": "1" * 32, "span_id": "1" * 16}
+        self._samples: list[Callable[[], None]] = []
+        for name, labels, histogram, count in _samples_made(recorded_metrics):
+            child = getattr(metrics, name).labels(**labels) if labels else getattr(metrics, name)
+            sample = functools.partial(child.observe, 0.01, linked) if histogram else child.inc
+            self._samples += [sample] * count
+        self._turn = trace.set_span_in_context(self._tracer.start_span("turn"))  # as rtguard's
+        self._contexts: dict[int, Any] = {}  # of the spans that are parents, by position
+        self._calls = self._spans_done = self._samples_done = 0
+
+    def next_call(self) -> None:
+        self._calls += 1
+        spans, samples = self._spans, self._samples
+        while self._spans_done < self._calls * len(spans) // PATTERN_CALLS:
+            i = self._spans_done % len(spans)
+            name, kind, parent, is_parent, attributes, events, status = spans[i]
+            span = self._tracer.start_span(
+                name, self._contexts.get(parent, self._turn), kind, attributes
+            )
             for event_name, event_attributes in events:
                 span.add_event(event_name, event_attributes)
             if status.status_code is not StatusCode.UNSET:
                 span.set_status(status)
             if is_parent:
-                contexts[i] = trace.set_span_in_context(span)
+                self._contexts[i] = trace.set_span_in_context(span)
             span.end()
-        for child, histogram, count in children:
-            for _ in range(count):
-                if histogram:
-                    child.observe(0.01, linked)
-                else:
-                    child.inc()
-    return (time.process_time() - started) / calls * 1e6
+            self._spans_done += 1
+        while self._samples_done < self._calls * len(samples) // PATTERN_CALLS:
+            samples[self._samples_done % len(samples)]()
+            self._samples_done += 1
 
 
 def _span_plan(spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
@@ -263,9 +280,7 @@ def main() -> None:
         "telemetry off": floor.off_us,
         "spans + metrics": floor.on_us,
         "spans sampled 10% + metrics": min(per_call_us(with_sdk(0.1)) for _ in range(3)),
-        "telemetry off + the SDKs' own work for the same spans and samples": (
-            floor.off_us + floor.sdk_us
-        ),
+        "telemetry off + the SDKs' own work for the same spans and samples": floor.sdk_work_us,
     }
     print(f"rtguard per call without sockets ({CALLS:,} calls, best of 3, CPU time)")
     print("| set-up | us/call | of telemetry off |")

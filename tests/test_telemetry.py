@@ -13,16 +13,20 @@ import textwrap
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler, SamplingResult
 from opentelemetry.trace import StatusCode
+from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as prometheus_text
@@ -320,6 +324,52 @@ async def test_content_capture_is_opt_in() -> None:
     (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("execute_tool")]
     assert (span.attributes or {})["gen_ai.tool.call.arguments"] == '{"n": 7}'
     assert (span.attributes or {})["gen_ai.tool.call.result"] == "7"
+
+
+class _SeenWhenMade(Sampler):
+    """Samples everything; keeps the name and attributes each span had when it was made."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        self.seen.append((name, dict(attributes or {})))
+        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links)
+
+    def get_description(self) -> str:
+        return "seen when made"
+
+
+async def test_a_sampler_sees_how_a_generation_ended() -> None:
+    """A generation's span is made whole when the response ends (nothing nests under it, and
+    no span is held while the model speaks), so an attribute-based sampler can keep
+    generations by finish reason or token usage."""
+    from rtguard import RealtimeSession
+    from rtguard.simulator import Simulator
+
+    sampler = _SeenWhenMade()
+    telemetry = Telemetry(tracer_provider=TracerProvider(sampler=sampler))
+    scenario = Scenario(calls=(CallSpec("traced", '{"n": 7}'),))
+    async with (
+        Simulator(scenario) as sim,
+        RealtimeSession(agent, url=sim.url, telemetry=telemetry) as session,
+    ):
+        async for event in session:
+            if isinstance(event, ResponseDone):
+                break
+    (generation,) = [a for name, a in sampler.seen if name == "realtime_inference"]
+    assert generation["gen_ai.response.finish_reasons"] == ["tool_call"]
+    assert generation["gen_ai.usage.output_tokens"] > 0
+    assert generation["gen_ai.response.id"].startswith("resp_")
 
 
 async def test_metric_samples_equal_the_simulators_ground_truth() -> None:

@@ -57,7 +57,7 @@ from .._reconnect import Loss
 from .._version import __version__
 from . import _names as n
 from ._metrics import RtguardMetrics
-from ._spans import error_type_of, exemplar, fail, finish_generation
+from ._spans import error_type_of, exemplar, fail, generation_end
 
 if TYPE_CHECKING:
     from .._agent import Agent
@@ -174,8 +174,11 @@ class _Turn:
 
 @dataclass(slots=True, eq=False)
 class _Generation:
-    span: Span
+    """A response in progress. Its span is made whole when it ends (nothing nests under
+    it), so no SDK span is held while the model speaks."""
+
     turn: _Turn
+    started_ns: int
 
 
 @dataclass(slots=True, eq=False)
@@ -196,6 +199,7 @@ class _Cache:
     """Built once and reused: span attributes per tool, metric children per label set."""
 
     tool_attributes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    generation_attributes: dict[str, Any] | None = None
     children: dict[tuple[object, ...], Any] = field(default_factory=dict)
     exported_agents: set[int] = field(default_factory=set)
 
@@ -215,6 +219,12 @@ class SessionTelemetry:
         self._capture = telemetry.capture_content
         self._max_chars = telemetry.max_content_chars
         self._session = session
+        model = session.config.session_options.get("model")
+        model = model if isinstance(model, str) else None
+        self._model_attributes = {n.GEN_AI_REQUEST_MODEL: model} if model else {}
+        self._generation_name = (
+            f"{n.OP_REALTIME_INFERENCE} {model}" if model else n.OP_REALTIME_INFERENCE
+        )
         self._session_id: str | None = None
         self._agent = ""  # the active agent's name, from SessionStarted and each handoff
         self._started = False
@@ -287,6 +297,7 @@ class SessionTelemetry:
         if event.session_id and event.session_id != self._session_id:
             self._session_id = event.session_id
             self._cache.tool_attributes.clear()
+            self._cache.generation_attributes = None
         if not self._announced:
             self._announced = True
             self._emit_event(n.EVENT_SESSION_STARTED, {})
@@ -301,7 +312,7 @@ class SessionTelemetry:
             if self._outage is not None:  # it ended while a connection was being replaced
                 self._metrics.reconnects.labels(self._outage.value, "failed").inc()
         for response_id in list(self._generations):
-            self._end_generation(response_id, None, time.time_ns())
+            self._end_generation(response_id, time.time_ns())
         for turn in list(self._turns):
             self._end_turn(turn, n.END_SESSION_CLOSED)
         if self._announced:
@@ -318,9 +329,7 @@ class SessionTelemetry:
             return  # a further attempt: the connection ended only once
         self._outage = event.reason
         for response_id in list(self._generations):
-            generation = self._generations[response_id]
-            fail(generation.span, event.reason.value, None)
-            self._end_generation(response_id, None, time.time_ns())
+            self._end_generation(response_id, time.time_ns(), error_type=event.reason.value)
         if self._announced:
             self._announced = False
             self._emit_event(
@@ -352,7 +361,7 @@ class SessionTelemetry:
     def _emit_event(self, name: str, attributes: dict[str, Any]) -> None:
         """A realtime-session lifecycle event (the draft models the session as events, not a
         span: it is long-lived and mostly idle)."""
-        attributes = self._common_attributes() | self._model_attribute() | attributes
+        attributes = self._common_attributes() | self._model_attributes | attributes
         attributes[n.GEN_AI_PROVIDER_NAME] = n.PROVIDER_OPENAI
         self._event_logger.emit(
             event_name=name, timestamp=time.time_ns(), body=name, attributes=attributes
@@ -380,41 +389,44 @@ class SessionTelemetry:
         turn.unanswered = turn.interrupted = False
         turn.responses.append(response_id)
         self._response_turns[response_id] = turn
-        attributes = (
-            self._common_attributes()
-            | self._model_attribute()
-            | {
-                n.GEN_AI_OPERATION_NAME: n.OP_REALTIME_INFERENCE,
-                n.GEN_AI_PROVIDER_NAME: n.PROVIDER_OPENAI,
-                n.GEN_AI_RESPONSE_ID: response_id,
-            }
-        )
-        span = self._tracer.start_span(
-            self._operation_name(n.OP_REALTIME_INFERENCE, attributes.get(n.GEN_AI_REQUEST_MODEL)),
-            context=turn.context,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            start_time=now,
-        )
-        self._generations[response_id] = _Generation(span, turn)
+        self._generations[response_id] = _Generation(turn, now)
         if len(self._generations) > _OPEN_GENERATIONS:
-            self._end_generation(next(iter(self._generations)), None, now)
+            self._end_generation(next(iter(self._generations)), now)
 
     def _response_done(self, event: ResponseDone) -> None:
         response_id = event.response_id
         if response_id is not None and response_id in self._generations:
-            self._end_generation(response_id, event, time.time_ns())
+            self._end_generation(response_id, time.time_ns(), event)
 
-    def _end_generation(self, response_id: str, done: ResponseDone | None, now: int) -> None:
-        """End a generation: at its ``response.done``, or without one (given up on, the
-        session ended) with the finish reason the conventions ask for then, ``error``."""
+    def _end_generation(
+        self,
+        response_id: str,
+        now: int,
+        done: ResponseDone | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> None:
+        """End a generation and make its span: at its ``response.done``, or without one
+        (given up on, the session ended or its connection lost, ``error_type`` then says
+        why) with the finish reason the conventions ask for then, ``error``."""
         generation = self._generations.pop(response_id)
-        if done is not None:
-            finish_generation(generation.span, done)
-        else:
-            generation.span.set_attribute(n.GEN_AI_RESPONSE_FINISH_REASONS, ["error"])
-        generation.span.end(now)
         turn = generation.turn
+        ended, server_error = generation_end(done)
+        span = self._tracer.start_span(
+            self._generation_name,
+            context=turn.context,
+            kind=SpanKind.CLIENT,
+            attributes={
+                **self._generation_attributes(),
+                n.GEN_AI_RESPONSE_ID: response_id,
+                **ended,
+            },
+            start_time=generation.started_ns,
+        )
+        error_type = server_error or error_type
+        if error_type is not None:
+            fail(span, error_type, None)
+        span.end(now)
         turn.generating -= 1
         turn.interrupted = done is not None and done.status == "cancelled"
         turn.last_ns = max(turn.last_ns, now)
@@ -658,9 +670,8 @@ class SessionTelemetry:
             self._metrics.protocol_errors.labels(event.reason).inc()
         if event.reason == n.ERROR_RESPONSE_TIMEOUT:  # the core gave up on the response
             now = time.time_ns()
-            for response_id, generation in list(self._generations.items()):
-                fail(generation.span, n.ERROR_RESPONSE_TIMEOUT, None)
-                self._end_generation(response_id, None, now)
+            for response_id in list(self._generations):
+                self._end_generation(response_id, now, error_type=n.ERROR_RESPONSE_TIMEOUT)
 
     def _server_error(self, event: ServerError) -> None:
         if self._metrics:
@@ -693,13 +704,19 @@ class SessionTelemetry:
             return {}
         return {n.GEN_AI_REALTIME_SESSION_ID: self._session_id}
 
-    def _model_attribute(self) -> dict[str, Any]:
-        model = self._session.config.session_options.get("model")
-        return {n.GEN_AI_REQUEST_MODEL: model} if isinstance(model, str) else {}
-
-    @staticmethod
-    def _operation_name(operation: str, model: object) -> str:
-        return f"{operation} {model}" if isinstance(model, str) else operation
+    def _generation_attributes(self) -> dict[str, Any]:
+        """The realtime_inference attributes every generation of this session shares."""
+        cached = self._cache.generation_attributes
+        if cached is None:
+            cached = self._cache.generation_attributes = (
+                self._common_attributes()
+                | self._model_attributes
+                | {
+                    n.GEN_AI_OPERATION_NAME: n.OP_REALTIME_INFERENCE,
+                    n.GEN_AI_PROVIDER_NAME: n.PROVIDER_OPENAI,
+                }
+            )
+        return cached
 
 
 def _fail_call(

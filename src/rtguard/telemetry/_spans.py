@@ -18,7 +18,7 @@ from .._failures import redact
 from .._protocol import ResponseDone
 from . import _names as n
 
-__all__ = ["error_type_of", "exemplar", "fail", "finish_generation", "record_exception"]
+__all__ = ["error_type_of", "exemplar", "fail", "generation_end", "record_exception"]
 
 _MAX_STATUS_CHARS = 200
 
@@ -53,20 +53,23 @@ def error_type_of(error: BaseException) -> str:
     return type_name(error)
 
 
-def finish_generation(span: Span, event: ResponseDone) -> None:
-    """Record how a generation ended, from its ``response.done``: the finish reason (the
-    provider's own for a cut-off response, ``error`` when it gives none), token usage, and
-    an ERROR status with the server's code for a failed response."""
-    response = _mapping(event.data.get("response"))
+def generation_end(done: ResponseDone | None) -> tuple[dict[str, Any], str | None]:
+    """How a generation ended, from its ``response.done``: the finish reason (the
+    provider's own for a cut-off response, ``error`` when it gives none or there was no
+    ``response.done``) and token usage as span attributes, and the server's error code for
+    a failed response (None if it did not fail)."""
+    if done is None:
+        return {n.GEN_AI_RESPONSE_FINISH_REASONS: ["error"]}, None
+    response = _mapping(done.data.get("response"))
     details = _mapping(response.get("status_details"))
-    status = event.status
+    status = done.status
     if status == "completed":
-        reason = "tool_call" if event.calls else "stop"
+        reason = "tool_call" if done.calls else "stop"
     elif status in ("cancelled", "incomplete") and isinstance(details.get("reason"), str):
         reason = details["reason"]
     else:
         reason = "error"
-    span.set_attribute(n.GEN_AI_RESPONSE_FINISH_REASONS, [reason])
+    attributes: dict[str, Any] = {n.GEN_AI_RESPONSE_FINISH_REASONS: [reason]}
     usage = _mapping(response.get("usage"))
     for key, attribute in (
         ("input_tokens", n.GEN_AI_USAGE_INPUT_TOKENS),
@@ -74,11 +77,12 @@ def finish_generation(span: Span, event: ResponseDone) -> None:
     ):
         value = usage.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
-            span.set_attribute(attribute, value)
-    if status == "failed":
-        error = _mapping(details.get("error"))
-        code = error.get("code") or error.get("type")
-        fail(span, code if isinstance(code, str) else n.ERROR_OTHER, None)
+            attributes[attribute] = value
+    if status != "failed":
+        return attributes, None
+    error = _mapping(details.get("error"))
+    code = error.get("code") or error.get("type")
+    return attributes, code if isinstance(code, str) else n.ERROR_OTHER
 
 
 def exemplar(span: Span) -> dict[str, str] | None:
