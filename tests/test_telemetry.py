@@ -125,6 +125,20 @@ def attrs(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
+async def one_call(telemetry: Telemetry, *, until: type) -> None:
+    """One call of ``traced`` against the simulator, until the app sees an ``until`` event."""
+    from rtguard.simulator import Simulator
+
+    scenario = Scenario(calls=(CallSpec("traced", '{"n": 7}'),))
+    async with (
+        Simulator(scenario) as sim,
+        RealtimeSession(agent, url=sim.url, telemetry=telemetry) as session,
+    ):
+        async for event in session:
+            if isinstance(event, until):
+                return
+
+
 async def test_one_trace_per_turn_with_its_generations_and_calls() -> None:
     """A turn (invoke_agent, the root) holds the response that issued its calls, the calls,
     and the model's answer to their outputs, all within its time."""
@@ -310,17 +324,7 @@ async def test_content_capture_is_opt_in() -> None:
     registry = CollectorRegistry()
     telemetry, exporter = make_telemetry(registry)
     telemetry.capture_content = True
-    from rtguard import RealtimeSession
-    from rtguard.simulator import Simulator
-
-    scenario = Scenario(calls=(CallSpec("traced", '{"n": 7}'),))
-    async with (
-        Simulator(scenario) as sim,
-        RealtimeSession(agent, url=sim.url, telemetry=telemetry) as session,
-    ):
-        async for event in session:
-            if isinstance(event, OutputAcknowledged):
-                break
+    await one_call(telemetry, until=OutputAcknowledged)
     (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("execute_tool")]
     assert (span.attributes or {})["gen_ai.tool.call.arguments"] == '{"n": 7}'
     assert (span.attributes or {})["gen_ai.tool.call.result"] == "7"
@@ -353,19 +357,8 @@ async def test_a_sampler_sees_how_a_generation_ended() -> None:
     """A generation's span is made whole when the response ends (nothing nests under it, and
     no span is held while the model speaks), so an attribute-based sampler can keep
     generations by finish reason or token usage."""
-    from rtguard import RealtimeSession
-    from rtguard.simulator import Simulator
-
     sampler = _SeenWhenMade()
-    telemetry = Telemetry(tracer_provider=TracerProvider(sampler=sampler))
-    scenario = Scenario(calls=(CallSpec("traced", '{"n": 7}'),))
-    async with (
-        Simulator(scenario) as sim,
-        RealtimeSession(agent, url=sim.url, telemetry=telemetry) as session,
-    ):
-        async for event in session:
-            if isinstance(event, ResponseDone):
-                break
+    await one_call(Telemetry(tracer_provider=TracerProvider(sampler=sampler)), until=ResponseDone)
     (generation,) = [a for name, a in sampler.seen if name == "realtime_inference"]
     assert generation["gen_ai.response.finish_reasons"] == ["tool_call"]
     assert generation["gen_ai.usage.output_tokens"] > 0
