@@ -771,6 +771,23 @@ async def test_a_reconnect_ends_one_realtime_session_and_announces_the_next() ->
     assert call.status.status_code is StatusCode.UNSET
 
 
+async def test_a_generation_cut_off_by_a_lost_connection_is_an_error() -> None:
+    """Its response.done never comes: the span ends when the connection did, as an ERROR with
+    the loss as its error.type and the finish reason the conventions ask for, ``error``."""
+    scenario = Scenario(
+        calls=(CallSpec("traced", '{"n": 1}'),), faults=Faults(drop_during_response=frozenset({0}))
+    )
+    run = await run_scenario(scenario, agent)
+    generations = run.spans_named("realtime_inference")
+    (cut,) = [s for s in generations if attrs(s)["gen_ai.realtime_session.id"] == "sess_sim1"]
+    assert attrs(cut)["gen_ai.response.finish_reasons"] == ("error",)
+    assert attrs(cut)["error.type"] == "connection_lost"
+    assert cut.status.status_code is StatusCode.ERROR
+    later = [attrs(s)["gen_ai.response.finish_reasons"] for s in generations if s is not cut]
+    assert ("tool_call",) in later  # the call, issued again on the new connection
+    assert all(s.status.status_code is StatusCode.UNSET for s in generations if s is not cut)
+
+
 async def test_an_interrupted_turn_ends_interrupted_without_waiting_for_an_answer() -> None:
     """The response is cancelled after issuing one call: its output is not answered (whoever
     interrupted takes the turn), so the turn ends once the call settles, `interrupted`."""
