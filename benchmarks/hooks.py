@@ -3,8 +3,8 @@
 observing the same events (response span, execute_tool span, one send attempt span, metrics
 with exemplars), with telemetry off, on, and on with 10% sampling; the floor under telemetry's
 cost (the same spans and samples made directly with the SDKs after each call of the core with
-telemetry off, no observer); then, under
-cProfile, whose code the time with spans and metrics on is spent in.
+telemetry off, no observer); then, under cProfile, whose code the time with spans and metrics
+on is spent in.
 
     .venv/bin/python -m benchmarks.hooks
 """

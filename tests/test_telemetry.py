@@ -347,7 +347,9 @@ class _SeenWhenMade(Sampler):
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
         self.seen.append((name, dict(attributes or {})))
-        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links)
+        return ALWAYS_ON.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
 
     def get_description(self) -> str:
         return "seen when made"
