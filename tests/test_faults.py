@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from opentelemetry.trace import StatusCode
+
 from conftest import Run, run_scenario
 from invariant import assert_invariant
 from rtguard import (
@@ -138,6 +140,15 @@ async def test_missing_response_done_does_not_silence_the_model() -> None:
     run.sim.assert_invariant()  # every output was followed by response.create
     assert_invariant(run, errors)
     assert run.sample("rtguard_protocol_errors_total", kind="response_timeout") >= 1
+    given_up = [
+        dict(s.attributes or {})
+        for s in run.spans_named("realtime_inference")
+        if s.status.status_code is StatusCode.ERROR
+    ]
+    assert len(given_up) == 2  # each response whose response.done was lost: given up on
+    for generation in given_up:
+        assert generation["error.type"] == "response_timeout"
+        assert generation["gen_ai.response.finish_reasons"] == ("error",)
 
 
 async def test_a_stalled_network_delays_but_loses_nothing() -> None:
