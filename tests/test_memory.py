@@ -16,6 +16,7 @@ import json
 import tracemalloc
 from collections.abc import Sequence
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
@@ -79,8 +80,9 @@ class VoiceSession:
             else:
                 return
 
-    def call(self, i: int) -> None:
-        """One call and the spoken answer to its output, with ids as long as the server's."""
+    def call(self, i: int, *, answered: bool = True) -> None:
+        """One call and the spoken answer to its output, with ids as long as the server's.
+        Unanswered, the model's next response is the next call: an agent loop, one turn."""
         response, call_id = f"resp_{i:018d}", f"call_{i:016d}"
         self.server({"type": "response.created", "response": {"id": response}})
         item = {
@@ -98,6 +100,8 @@ class VoiceSession:
         output["output"] = "K"
         self.server({"type": "conversation.item.added", "item": output})
         self.server({"type": "conversation.item.done", "item": output})
+        if not answered:
+            return
         answer = f"resp_{i:018d}a"
         self.server({"type": "response.created", "response": {"id": answer}})
         spoken = {
@@ -116,25 +120,33 @@ def _traced() -> int:
     return sum(stat.size for stat in tracemalloc.take_snapshot().statistics("filename"))
 
 
-def test_a_long_voice_session_keeps_a_small_constant_state() -> None:
+@pytest.mark.parametrize(
+    "answered",
+    [
+        pytest.param(True, id="each call answered: a turn per call"),
+        pytest.param(False, id="the model calls tool after tool: one turn that never ends"),
+    ],
+)
+def test_a_long_voice_session_keeps_a_small_constant_state(answered: bool) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(_Discard()))
     telemetry = Telemetry(tracer_provider=provider, metrics=RtguardMetrics(CollectorRegistry()))
     warm = VoiceSession(telemetry)  # the process's one-time costs (caches, metric children)
     for i in range(50):
-        warm.call(i)
+        warm.call(i, answered=answered)
     tracemalloc.start()
     try:
         before = _traced()
         session = VoiceSession(telemetry)
         for i in range(200):  # past every bound: 64 history items, 64 remembered ids
-            session.call(i)
+            session.call(i, answered=answered)
         full = _traced()
         for i in range(200, 500):  # 37 minutes in all: before the connection's rollover
-            session.call(i)
+            session.call(i, answered=answered)
         later = _traced()
     finally:
         tracemalloc.stop()
     assert session.core.ledger.open_count == 0
+    assert len(session.telemetry._turns) == (0 if answered else 1)
     assert full - before < STATE_BUDGET, f"a session keeps {(full - before) / 1024:.1f} KiB"
     assert later - full < GROWTH_BUDGET, f"300 more calls grew it {(later - full) / 1024:.1f} KiB"

@@ -45,7 +45,7 @@ from rtguard import (
     function_tool,
 )
 from rtguard._protocol import ResponseDone
-from rtguard.simulator import CallSpec, Faults, Scenario
+from rtguard.simulator import CallSpec, Faults, FrameFault, Scenario
 from rtguard.telemetry import RtguardMetrics, Telemetry, TraceContextFilter, start_metrics_server
 
 SEEN_SPANS: list[int] = []
@@ -829,6 +829,32 @@ async def test_an_interrupted_turn_ends_interrupted_without_waiting_for_an_answe
     assert attrs(generation)["gen_ai.response.finish_reasons"] != ("stop",)
     # No answer was waited for: the turn ended with its last child.
     assert turn.end_time == max(call.end_time, generation.end_time)  # type: ignore[type-var]
+
+
+@function_tool
+async def pause() -> str:
+    """Still running when its response ends."""
+    await asyncio.sleep(0.3)
+    return "paused"
+
+
+async def test_a_call_first_named_by_its_response_done_joins_the_open_turn() -> None:
+    """The second call's own frames are lost, so only its response's response.done names
+    it; the turn is still open (the first call runs on), and the call is traced in it."""
+    lost = [
+        FrameFault("to_client", kind, "drop", skip=1)
+        for kind in ("response.function_call_arguments.done", "response.output_item.done")
+    ]
+    run = await run_scenario(
+        Scenario(calls=(CallSpec("pause"), CallSpec("traced", '{"n": 1}')), calls_per_response=2),
+        Agent(name="observed", tools=[pause, traced]),
+        frame_faults=lost,
+        done=lambda r: len(r.of_type(ResponseDone)) == 2 == len(r.of_type(OutputAcknowledged)),
+    )
+    assert all(fault.hits == 1 for fault in lost)
+    (turn,) = [kids for kids in trees(run.spans).values() if kids]
+    names = sorted(s.name for s in turn)
+    assert names == ["execute_tool pause", "execute_tool traced", *["realtime_inference"] * 2]
 
 
 def test_disabled_telemetry_does_not_even_look_at_the_events() -> None:

@@ -156,7 +156,6 @@ class _Turn:
     span: Span
     context: otel_context.Context
     last_ns: int  # when its latest child ended: where the turn ends
-    responses: list[str] = field(default_factory=list)
     generating: int = 0  # its generations in progress
     open_calls: int = 0
     unanswered: bool = False  # an output went out since its last generation began
@@ -231,8 +230,10 @@ class SessionTelemetry:
         self._announced = False  # the session-started event went out
         self._calls: dict[str, _CallTrace] = {}
         self._turns: list[_Turn] = []  # open turns, oldest first
-        self._response_turns: dict[str, _Turn] = {}  # response id -> its open turn
         self._generations: OrderedDict[str, _Generation] = OrderedDict()
+        # The response that ended last, while its turn is open: the calls its response.done
+        # carried are announced right after it. One slot, however long the turn runs.
+        self._ended_response: tuple[str, _Turn] | None = None
         self._outage: Loss | None = None  # why the connection ended, until the next opens
         self._cache = _Cache()
         self._refresher: asyncio.Task[None] | None = None
@@ -387,8 +388,6 @@ class SessionTelemetry:
         turn = next(waiting, None) or self._start_turn(now)
         turn.generating += 1
         turn.unanswered = turn.interrupted = False
-        turn.responses.append(response_id)
-        self._response_turns[response_id] = turn
         self._generations[response_id] = _Generation(turn, now)
         if len(self._generations) > _OPEN_GENERATIONS:
             self._end_generation(next(iter(self._generations)), now)
@@ -430,7 +429,18 @@ class SessionTelemetry:
         turn.generating -= 1
         turn.interrupted = done is not None and done.status == "cancelled"
         turn.last_ns = max(turn.last_ns, now)
+        self._ended_response = (response_id, turn)
         self._maybe_end(turn)
+
+    def _turn_of(self, response_id: str | None) -> _Turn | None:
+        """The open turn of a response: its generation's, or the one it just ended in."""
+        if response_id is None:
+            return None
+        generation = self._generations.get(response_id)
+        if generation is not None:
+            return generation.turn
+        ended = self._ended_response
+        return ended[1] if ended is not None and ended[0] == response_id else None
 
     def _start_turn(self, now: int) -> _Turn:
         agent = self._agent
@@ -465,8 +475,8 @@ class SessionTelemetry:
             span.set_status(Status(StatusCode.ERROR, message))
         span.end(turn.last_ns)
         self._turns.remove(turn)
-        for response_id in turn.responses:
-            self._response_turns.pop(response_id, None)
+        if self._ended_response is not None and self._ended_response[1] is turn:
+            self._ended_response = None
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -484,7 +494,7 @@ class SessionTelemetry:
             attributes[n.GEN_AI_TOOL_CALL_ARGUMENTS] = event.arguments[: self._max_chars]
         # A call whose response has no open turn (no response id, or announced only after
         # its response's turn ended) opens a turn of its own.
-        turn = self._response_turns.get(event.response_id or "") or self._start_turn(now)
+        turn = self._turn_of(event.response_id) or self._start_turn(now)
         turn.open_calls += 1
         turn.calls += 1
         name = f"{n.OP_EXECUTE_TOOL} {label}" if target is not None else n.OP_EXECUTE_TOOL
