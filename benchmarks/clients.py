@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -95,7 +96,7 @@ class BenchClient(Protocol):
     label: str
     delivered: int
     received: list[ReceivedError]
-    server_errors: list[str]
+    server_errors: Counter[str]  # the server's `error` events, by code (kept small)
     dropped: int
 
     async def open(self, url: str) -> None: ...
@@ -295,7 +296,7 @@ class _SessionClient:
         self.label = label
         self._target = _Target()
         self.received: list[ReceivedError] = []
-        self.server_errors: list[str] = []
+        self.server_errors: Counter[str] = Counter()
         self.dropped = 0  # events the library dropped because the app fell behind
         self._session: Any = None
         self._consumer: asyncio.Task[None] | None = None
@@ -368,7 +369,7 @@ class RtguardClient(_SessionClient):
                     elif kind is CallIncomplete:
                         self.received.append(ReceivedError(kind.__name__, event.last_error))
                     elif kind is rtguard.ServerError:
-                        self.server_errors.append(f"{event.code}: {event.message}")
+                        self.server_errors[event.code] += 1
                     elif kind is EventsDropped:
                         self.dropped += event.count
                 return
@@ -501,7 +502,7 @@ class AgentsSdkClient(_SessionClient):
                         text = str(error.get("message") if isinstance(error, dict) else error)
                         self.received.append(ReceivedError("error event (text)", None, text))
                 elif kind == "raw_model_event" and event.data.type == "error":
-                    self.server_errors.append(str(event.data.error)[:200])
+                    self.server_errors[str(event.data.error)[:200]] += 1
         except Exception as exc:  # a stored exception: the SDK closed the session first
             self.received.append(ReceivedError("raised from the iterator", exc))
 
@@ -521,7 +522,7 @@ class RawClient:
         self._audio = audio
         self._target = _Target()
         self.received: list[ReceivedError] = []
-        self.server_errors: list[str] = []
+        self.server_errors: Counter[str] = Counter()
         self.dropped = 0  # never: websockets stops reading instead
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -566,7 +567,7 @@ class RawClient:
                         self._schedule_create()
                 elif kind == "error":
                     code = str(event.get("error", {}).get("code"))
-                    self.server_errors.append(code)
+                    self.server_errors[code] += 1
                     if code == "conversation_already_has_active_response":
                         self._owed = True  # refused: ask again once the server is idle
                         if not self._active:

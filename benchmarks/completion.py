@@ -127,7 +127,7 @@ class CaseResult:
     received_twice: int  # originals the app received more than once
     text_only: int  # error events that carried only text
     channels: tuple[str, ...]
-    server_errors: tuple[str, ...]  # `error` events the simulator sent this client
+    server_errors: tuple[str, ...]  # the codes of the `error` events the simulator sent this client
 
     @property
     def unanswered(self) -> int:
@@ -190,7 +190,7 @@ async def run_case(
         received_twice=twice,
         text_only=sum(1 for r in client.received if r.error is None and r.text),
         channels=tuple(sorted({r.channel for r in client.received})),
-        server_errors=tuple(client.server_errors),
+        server_errors=tuple(client.server_errors.elements()),
     )
 
 

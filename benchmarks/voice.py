@@ -207,7 +207,7 @@ async def serve_sessions(
         gc=window.clock,
         delivered=sum(c.delivered for c in clients),
         dropped=sum(c.dropped for c in clients),
-        server_errors=sum(len(c.server_errors) for c in clients),
+        server_errors=sum(c.server_errors.total() for c in clients),
         profile=window.profile(),
     )
 

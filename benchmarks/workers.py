@@ -164,7 +164,7 @@ async def _session(
         wall_seconds=wall,
         gc_seconds=window.clock.seconds,
         gc_full=window.clock.full,
-        server_errors=len(client.server_errors),
+        server_errors=client.server_errors.total(),
         spans=setup.spans_ended if setup is not None else 0,
         profile=window.profile(),
     )
