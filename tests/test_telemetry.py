@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider
@@ -47,6 +48,7 @@ from rtguard import (
 from rtguard._protocol import ResponseDone
 from rtguard.simulator import CallSpec, Faults, FrameFault, Scenario
 from rtguard.telemetry import RtguardMetrics, Telemetry, TraceContextFilter, start_metrics_server
+from scripted_websocket import Peer, ScriptedWebSocket
 
 SEEN_SPANS: list[int] = []
 HISTOGRAMS = ("gen_ai_execute_tool_duration_seconds", "rtguard_output_latency_seconds")
@@ -365,6 +367,47 @@ async def test_a_sampler_sees_how_a_generation_ended() -> None:
     assert generation["gen_ai.response.finish_reasons"] == ["tool_call"]
     assert generation["gen_ai.usage.output_tokens"] > 0
     assert generation["gen_ai.response.id"].startswith("resp_")
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type"),
+    [
+        ({"type": "server_error", "code": "model_overloaded"}, "model_overloaded"),
+        ({"type": "server_error"}, "server_error"),
+        ({}, "_OTHER"),
+    ],
+)
+async def test_a_failed_response_is_an_error_generation_with_the_servers_code(
+    error: dict[str, str], error_type: str
+) -> None:
+    """The simulator never fails a response, so a scripted server does: ``response.done``
+    with status ``failed`` and the server's error in its ``status_details``."""
+
+    async def script(peer: Peer) -> None:
+        await peer.until("session.update")
+        await peer.send("response.created", response={"id": "resp_1", "status": "in_progress"})
+        details = {"type": "failed", "error": error}
+        response = {"id": "resp_1", "status": "failed", "status_details": details, "output": []}
+        await peer.send("response.done", response=response)
+        await peer.drain()
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(tracer_provider=provider)
+    async with (
+        ScriptedWebSocket(script) as server,
+        RealtimeSession(agent, url=server.url, telemetry=telemetry) as session,
+    ):
+        async for event in session:
+            if isinstance(event, ResponseDone):
+                break
+    spans = exporter.get_finished_spans()
+    (generation,) = [span for span in spans if span.name == "realtime_inference"]
+    assert generation.status.status_code is StatusCode.ERROR
+    assert attrs(generation)["error.type"] == error_type
+    assert attrs(generation)["gen_ai.response.finish_reasons"] == ("error",)
+    assert attrs(generation)["gen_ai.response.id"] == "resp_1"
 
 
 async def test_metric_samples_equal_the_simulators_ground_truth() -> None:
