@@ -127,18 +127,20 @@ def attrs(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
+async def session_until(url: str, telemetry: Telemetry, until: type) -> None:
+    """A session against the server at ``url`` until the app sees an ``until`` event."""
+    async with RealtimeSession(agent, url=url, telemetry=telemetry) as session:
+        async for event in session:
+            if isinstance(event, until):
+                return
+
+
 async def one_call(telemetry: Telemetry, *, until: type) -> None:
     """One call of ``traced`` against the simulator, until the app sees an ``until`` event."""
     from rtguard.simulator import Simulator
 
-    scenario = Scenario(calls=(CallSpec("traced", '{"n": 7}'),))
-    async with (
-        Simulator(scenario) as sim,
-        RealtimeSession(agent, url=sim.url, telemetry=telemetry) as session,
-    ):
-        async for event in session:
-            if isinstance(event, until):
-                return
+    async with Simulator(Scenario(calls=(CallSpec("traced", '{"n": 7}'),))) as sim:
+        await session_until(sim.url, telemetry, until)
 
 
 async def test_one_trace_per_turn_with_its_generations_and_calls() -> None:
@@ -394,14 +396,8 @@ async def test_a_failed_response_is_an_error_generation_with_the_servers_code(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry = Telemetry(tracer_provider=provider)
-    async with (
-        ScriptedWebSocket(script) as server,
-        RealtimeSession(agent, url=server.url, telemetry=telemetry) as session,
-    ):
-        async for event in session:
-            if isinstance(event, ResponseDone):
-                break
+    async with ScriptedWebSocket(script) as server:
+        await session_until(server.url, Telemetry(tracer_provider=provider), ResponseDone)
     spans = exporter.get_finished_spans()
     (generation,) = [span for span in spans if span.name == "realtime_inference"]
     assert generation.status.status_code is StatusCode.ERROR
